@@ -1,0 +1,145 @@
+"""Lowering of a quantized IR graph to the plan every backend builds from.
+
+A :class:`Network` is the graph seen as layers of neurons and projections between them
+(each projection one step of delay). Lowering goes through a registry keyed by node type,
+so a node type no backend can run is refused here, early, by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from spikeforge import ir
+from spikeforge.errors import GraphError, UnsupportedError
+from spikeforge.neuron import LIFParams
+
+
+class InputLayer(NamedTuple):
+    name: str
+    size: int
+    payload_max: int  # graded payload that stands for rate 1
+
+
+class Layer(NamedTuple):
+    name: str
+    node: ir.FixedLIF
+
+    @property
+    def size(self) -> int:
+        return self.node.size
+
+    @property
+    def params(self) -> LIFParams:
+        n = self.node
+        return LIFParams(n.vth, n.du, n.dv, n.bias, n.reset)
+
+
+class Projection(NamedTuple):
+    name: str
+    src: str  # input or layer name
+    dst: str  # layer name
+    weight: np.ndarray  # int64 (dst.size, src.size), 8-bit mantissas
+    weight_exp: int
+    graded: bool  # True when the source is the Input (graded payloads)
+    recurrent: bool  # True when it closes a cycle (self-recurrence or feedback)
+
+
+@dataclass
+class Network:
+    input: InputLayer | None = None
+    layers: list[Layer] = field(default_factory=list)
+    projections: list[Projection] = field(default_factory=list)
+    readout: str = ""
+    depth: int = 0  # projections on the shortest path from the input to the readout layer
+    aliases: dict[str, str] = field(default_factory=dict)  # Flatten name -> source name
+
+    def layer(self, name: str) -> Layer:
+        return next(l for l in self.layers if l.name == name)
+
+    def incoming(self, name: str) -> list[Projection]:
+        return [p for p in self.projections if p.dst == name]
+
+    @property
+    def feedforward(self) -> bool:
+        return not any(p.recurrent for p in self.projections)
+
+    def steps(self, timesteps: int) -> int:
+        """Simulated steps for ``timesteps`` of input: T + depth, so the readout sees T steps."""
+        return timesteps + self.depth
+
+    def source_size(self, name: str) -> int:
+        if self.input is not None and name == self.input.name:
+            return self.input.size
+        return self.layer(name).size
+
+
+LOWER = ir.Registry("spikeforge's network lowering")
+
+
+@LOWER.register(ir.Input)
+def _lower_input(node: ir.Input, graph: ir.Graph, net: Network) -> None:
+    if net.input is not None:
+        raise UnsupportedError(f"{node.where()}: only one Input is supported, found a second")
+    net.input = InputLayer(node.name, node.out_size, node.payload_max)
+
+
+@LOWER.register(ir.Flatten)
+def _lower_flatten(node: ir.Flatten, graph: ir.Graph, net: Network) -> None:
+    src = graph.predecessors(node.name)[0]
+    net.aliases[node.name] = net.aliases.get(src, src)
+
+
+@LOWER.register(ir.FixedLIF)
+def _lower_lif(node: ir.FixedLIF, graph: ir.Graph, net: Network) -> None:
+    net.layers.append(Layer(node.name, node))
+
+
+@LOWER.register(ir.FixedAffine)
+def _lower_affine(node: ir.FixedAffine, graph: ir.Graph, net: Network) -> None:
+    (src,) = graph.predecessors(node.name)
+    src = net.aliases.get(src, src)
+    dsts = graph.successors(node.name)
+    if len(dsts) != 1:
+        raise GraphError(f"{node.where()}: expected one target neuron, found {len(dsts)}")
+    graded = net.input is not None and src == net.input.name
+    net.projections.append(
+        Projection(node.name, src, dsts[0], node.weight, node.weight_exp, graded,
+                   graph.is_recurrent_edge(node.name, dsts[0]) or graph.is_recurrent_edge(src, node.name))
+    )
+
+
+@LOWER.register(ir.Output)
+def _lower_output(node: ir.Output, graph: ir.Graph, net: Network) -> None:
+    (src,) = graph.predecessors(node.name)
+    src = net.aliases.get(src, src)
+    if not isinstance(graph.node(src), ir.FixedLIF):
+        raise UnsupportedError(
+            f"{node.where()}: the readout must be a FixedLIF layer, found '{src}' "
+            f"({type(graph.node(src)).__name__})"
+        )
+    net.readout = src
+
+
+def lower(graph: ir.Graph) -> Network:
+    """Quantized graph -> Network. Raises UnsupportedError naming the first node it cannot run."""
+    net = Network()
+    for name in graph.topological_order():
+        node = graph.node(name)
+        LOWER.lookup(node)(node, graph, net)
+    if net.input is None:
+        raise GraphError("graph: expected an Input node, found none")
+    depths = graph.depths()
+    # every FixedAffine -> FixedLIF hop is one step; Flatten and Output add none
+    hops = {name: 0 for name in depths}
+    for name in graph.topological_order():
+        for pred in graph.predecessors(name):
+            if graph.is_recurrent_edge(pred, name):
+                continue
+            add = 1 if isinstance(graph.node(name), ir.FixedLIF) else 0
+            hops[name] = max(hops[name], hops[pred] + add) if name in hops else hops[pred] + add
+    net.depth = hops[net.readout]
+    return net
+

@@ -1,0 +1,58 @@
+"""Random quantized networks for tests and benchmarks (seeded, in range by construction)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from spikeforge import ir
+
+
+def random_fixed_graph(sizes: Sequence[int], seed: int = 0, reset: str = "subtract",
+                       du: int = 4095, dv: int = 0, recurrent: bool = False,
+                       feedback: bool = False, payload_bits: int = 8) -> ir.Graph:
+    """Input(sizes[0]) -> [FixedAffine -> FixedLIF] * (len(sizes) - 1) -> Output.
+
+    Weights, exponents, thresholds and biases are drawn so that layers spike at moderate
+    rates. ``recurrent`` adds self-recurrent synapses on hidden layers; ``feedback`` adds
+    synapses from each layer back to the one before it.
+    """
+    rng = np.random.default_rng(seed)
+    nodes: list[ir.Node] = [ir.Input("in", (sizes[0],), payload_bits)]
+    edges: list[tuple[str, str]] = []
+    prev = "in"
+    n_layers = len(sizes) - 1
+
+    def affine(name: str, n_out: int, n_in: int, exp: int) -> ir.FixedAffine:
+        w = rng.integers(-128, 128, size=(n_out, n_in))
+        w[rng.random(w.shape) < 0.3] = 0
+        return ir.FixedAffine(name, w, exp)
+
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        exp = int(rng.integers(-6, -3)) if i == 1 else int(rng.integers(-1, 3))
+        nodes.append(affine(f"fc{i}", n_out, n_in, exp))
+        vth = int(rng.integers(50, 400))
+        bias = rng.integers(-300, 600, size=n_out)
+        nodes.append(ir.FixedLIF(f"lif{i}", n_out, vth=vth, du=du, dv=dv,
+                                 bias_mant=bias, bias_exp=int(rng.integers(0, 3)), reset=reset))
+        edges += [(prev, f"fc{i}"), (f"fc{i}", f"lif{i}")]
+        if recurrent and i < n_layers:
+            nodes.append(affine(f"rec{i}", n_out, n_out, int(rng.integers(0, 2))))
+            edges += [(f"lif{i}", f"rec{i}"), (f"rec{i}", f"lif{i}")]
+        if feedback and i > 1:
+            nodes.append(affine(f"fb{i}", sizes[i - 1], n_out, 0))
+            edges += [(f"lif{i}", f"fb{i}"), (f"fb{i}", f"lif{i - 1}")]
+        prev = f"lif{i}"
+    nodes.append(ir.Output("out", (sizes[-1],)))
+    edges.append((prev, "out"))
+    return ir.Graph(tuple(nodes), tuple(edges))
+
+
+def random_inputs(n_samples: int, n_inputs: int, seed: int = 0) -> np.ndarray:
+    """Rates in [0, 1] with some exact zeros and ones."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n_samples, n_inputs))
+    x[x < 0.2] = 0.0
+    x[x > 0.9] = 1.0
+    return x
