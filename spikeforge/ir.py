@@ -412,15 +412,15 @@ class Graph:
             for end in (a, b):
                 if end not in nodes:
                     raise GraphError(f"edge {a} -> {b}: no node named '{end}'")
+            if isinstance(nodes[b], Input):
+                raise GraphError(f"edge {a} -> {b}: an Input takes no incoming edge")
+            if isinstance(nodes[a], Output):
+                raise GraphError(f"edge {a} -> {b}: an Output has no outgoing edge")
             if nodes[a].out_size != nodes[b].in_size:
                 raise GraphError(
                     f"edge {a} -> {b}: '{a}' gives {nodes[a].out_size} values, "
                     f"'{b}' expects {nodes[b].in_size}"
                 )
-            if isinstance(nodes[b], Input):
-                raise GraphError(f"edge {a} -> {b}: an Input takes no incoming edge")
-            if isinstance(nodes[a], Output):
-                raise GraphError(f"edge {a} -> {b}: an Output has no outgoing edge")
         if not self.inputs:
             raise GraphError("graph: expected at least one Input node, found none")
         outs = [n for n in self.nodes if isinstance(n, Output)]
@@ -440,7 +440,7 @@ class Graph:
                             f"found '{p}' ({type(nodes[p]).__name__})"
                         )
             if isinstance(n, FixedAffine):
-                src = self._source_through_flatten(preds[0])
+                src = self.source_through_flatten(preds[0])
                 if not isinstance(nodes[src], (Input, FixedLIF)):
                     raise GraphError(
                         f"{n.where()}: expected input from an Input or FixedLIF, "
@@ -452,7 +452,7 @@ class Graph:
                 raise GraphError(f"{n.where()}: not reachable from any Input")
         self._check_cycles()
 
-    def _source_through_flatten(self, name: str) -> str:
+    def source_through_flatten(self, name: str) -> str:
         nodes = self.by_name
         seen = set()
         while isinstance(nodes[name], Flatten) and name not in seen:

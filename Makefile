@@ -1,0 +1,47 @@
+# spikeforge: `make demo` (the main job on the embedded digits data) and `make test`.
+# Both create the Python 3.10 environment in $(VENV) when it is missing and reuse it otherwise.
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+SF      := $(VENV)/bin/spikeforge
+STAMP   := $(VENV)/.spikeforge-installed
+OUT     ?= out
+T       ?= 32
+
+.PHONY: demo test env bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@set -e; \
+	if [ ! -x "$(PY)" ]; then \
+	  py=$$(scripts/find-python310.sh); \
+	  echo "creating $(VENV) with $$py"; \
+	  "$$py" -m venv "$(VENV)"; \
+	fi; \
+	"$(PY)" -c 'import sys; assert sys.version_info[:2] == (3, 10), "$(VENV) is not Python 3.10: remove it and run make again"'; \
+	"$(PY)" -m pip install --quiet --upgrade pip; \
+	echo "installing spikeforge and its dependencies (lava-nc, brian2, torch, onnx, ...) into $(VENV)"; \
+	"$(PY)" -m pip install --quiet --progress-bar off -e '.[test]'; \
+	touch "$(STAMP)"
+
+demo: $(STAMP)
+	@mkdir -p $(OUT)
+	$(SF) train --arch mlp -o $(OUT)/model.onnx
+	$(SF) convert $(OUT)/model.onnx --calib $(OUT)/calib.npz --reset subtract -o $(OUT)/net.sfg
+	$(SF) convert $(OUT)/model.onnx --calib $(OUT)/calib.npz --reset zero -o $(OUT)/net-zero.sfg
+	$(SF) simulate $(OUT)/net.sfg --backend cpu --data $(OUT)/test.npz --timesteps $(T)
+	$(SF) simulate $(OUT)/net-zero.sfg --backend cpu --data $(OUT)/test.npz --timesteps $(T)
+	$(SF) simulate $(OUT)/net.sfg --backend lava --data $(OUT)/test.npz --timesteps $(T) --limit 50
+	$(SF) verify $(OUT)/net.sfg --backends cpu,lava,brian2 --data $(OUT)/test.npz --timesteps $(T) --limit 20
+	$(SF) verify $(OUT)/net-zero.sfg --backends cpu,lava,brian2 --data $(OUT)/test.npz --timesteps $(T) --limit 20
+	$(SF) hardware
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/backends.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,258 @@
+"""The ``spikeforge`` command line: train, convert, simulate, verify, hardware."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from spikeforge.errors import SpikeforgeError
+
+
+def _load_data(spec: str, limit: int | None):
+    from spikeforge import data
+
+    ds = data.load(spec)
+    if limit is not None:
+        if limit < 1:
+            raise SpikeforgeError(f"--limit: expected a positive number of samples, found {limit}")
+        ds = ds._replace(x=ds.x[:limit], y=ds.y[:limit])
+    return ds
+
+
+def _positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected an integer, found {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name}: expected an integer >= 1, found {value}")
+        return value
+    return parse
+
+
+# -- train --------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from spikeforge import data
+    from spikeforge import models
+
+    out = Path(args.output)
+    if not out.parent.exists():
+        raise SpikeforgeError(f"-o {out}: folder {out.parent} does not exist")
+    ds = data.load(args.data)
+    splits = data.split(ds, seed=args.seed)
+    hidden = tuple(args.hidden)
+    t0 = time.perf_counter()
+    if args.arch == "mlp":
+        model, info = models.train_mlp(splits.train, hidden=hidden, epochs=args.epochs, seed=args.seed)
+    else:
+        model, info = models.train_recurrent(splits.train, hidden=hidden, epochs=args.epochs, seed=args.seed,
+                                              iterations=args.iterations)
+    calib_out = Path(args.calib_out) if args.calib_out else out.parent / "calib.npz"
+    test_out = Path(args.test_out) if args.test_out else out.parent / "test.npz"
+    models.export_onnx(model, out, splits.train.shape) if args.arch == "mlp" else models.export_recurrent(model, out)
+    data.save_npz(calib_out, splits.calib)
+    data.save_npz(test_out, splits.test)
+    acc = models.evaluate(out, splits.test)
+    print(f"trained {args.arch} {ds.shape}->{hidden}->{int(ds.y.max()) + 1} on {len(splits.train.y)} samples "
+          f"of '{ds.name}' in {time.perf_counter() - t0:.1f} s; test accuracy {100 * acc:.2f}%")
+    print(f"wrote {out}, calibration split {calib_out} ({len(splits.calib.y)}), test split {test_out} ({len(splits.test.y)})")
+    return 0
+
+
+# -- convert ------------------------------------------------------------------------------------
+def _import_model(path: Path):
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from spikeforge.converter.onnx_import import load_onnx
+
+        return load_onnx(path)
+    if suffix == ".nir":
+        from spikeforge.converter.nir_io import load_nir
+
+        return load_nir(path)
+    raise SpikeforgeError(f"{path}: expected a model file ending in .onnx or .nir, found '{suffix or 'no suffix'}'")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from spikeforge import graphio
+    from spikeforge.converter.passes import convert, layer_reports
+
+    model = Path(args.model)
+    ann = _import_model(model)
+    calib = _load_data(args.calib, None)
+    snn = convert(ann, calib.x.reshape(len(calib.x), -1), reset=args.reset, normalization=args.normalize,
+                  percentile=args.percentile).with_metadata(source=str(model))
+    reports = layer_reports(snn)
+    out = Path(args.output)
+    graphio.save(out, snn=snn, ann=ann)
+    if args.json:
+        print(json.dumps({"output": str(out), "reset": args.reset, "layers": [r._asdict() for r in reports]}))
+        return 0
+    print(f"converted {model} -> {out} (reset by {args.reset}, normalization {args.normalize}"
+          f"{f' {args.percentile}' if args.normalize == 'percentile' else ''}, calibration {len(calib.y)} samples)")
+    head = ("layer", "neurons", "synapses", "weight_exp", "vth", "bias_exp", "clipped_w", "zeroed_w", "sat_bias", "max|a|")
+    rows = [(r.layer, r.neurons, r.synapses, ",".join(map(str, r.weight_exp)), r.vth, r.bias_exp,
+             r.clipped_weights, r.zeroed_weights, r.saturated_biases, r.max_input) for r in reports]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    for row in (head, *rows):
+        print("  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(row, widths))))
+    for r in reports:
+        if r.may_wrap:
+            print(f"warning: layer '{r.layer}': worst-case input {r.max_input} << 6 can wrap the 24-bit current u")
+        if r.clipped_weights or r.saturated_biases:
+            print(f"warning: layer '{r.layer}': {r.clipped_weights} weights and {r.saturated_biases} biases saturated")
+    return 0
+
+
+# -- simulate / verify --------------------------------------------------------------------------
+def _graphs(path: str):
+    from spikeforge import graphio
+
+    graphs = graphio.load_all(path)
+    if "snn" not in graphs:
+        raise SpikeforgeError(f"{path}: expected a graph named 'snn', found {sorted(graphs) or 'none'}")
+    return graphs["snn"], graphs.get("ann")
+
+
+def _ann_accuracy(ann, x: np.ndarray, y: np.ndarray) -> float | None:
+    if ann is None:
+        return None
+    from spikeforge.converter.ann import predict
+
+    return float((predict(ann, x.reshape(len(x), -1)) == y).mean())
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from spikeforge.runner import simulate
+
+    snn, ann = _graphs(args.graph)
+    ds = _load_data(args.data, args.limit)
+    sim = simulate(snn, args.backend, ds.x.reshape(len(ds.x), -1), args.timesteps, args.encoding, args.seed)
+    acc = float((sim.predictions == ds.y).mean())
+    ann_acc = _ann_accuracy(ann, ds.x, ds.y)
+    rates = {k: float(v.mean()) for k, v in sim.result.spikes.items()}
+    if args.json:
+        print(json.dumps({"backend": args.backend, "accuracy": acc, "ann_accuracy": ann_acc,
+                          "samples": int(len(ds.y)), "timesteps": args.timesteps, "steps": sim.steps,
+                          "encoding": args.encoding, "seconds": sim.seconds, "firing_rates": rates}))
+        return 0
+    print(f"{args.backend}: accuracy {100 * acc:.2f}% on {len(ds.y)} samples, T={args.timesteps} "
+          f"({sim.steps} steps, {args.encoding} input), {sim.seconds:.2f} s ({len(ds.y) / sim.seconds:.1f} samples/s)")
+    if ann_acc is not None:
+        print(f"ANN accuracy (source model): {100 * ann_acc:.2f}%  (difference {100 * (acc - ann_acc):+.2f} points)")
+    print("firing rate per layer: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from spikeforge.runner import verify
+
+    names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    snn, _ = _graphs(args.graph)
+    ds = _load_data(args.data, args.limit)
+    sims, comps = verify(snn, names, ds.x.reshape(len(ds.x), -1), args.timesteps, args.encoding, args.seed)
+    ok = all(c.mismatched_spikes == 0 and c.mismatched_v_final == 0 for c in comps.values())
+    if args.json:
+        print(json.dumps({
+            "reference": names[0], "samples": int(len(ds.y)), "timesteps": args.timesteps,
+            "reference_spikes": next(iter(comps.values())).reference_spikes,
+            "backends": {b: {"spikes": c.spikes, "mismatched_spikes": c.mismatched_spikes,
+                             "mismatched_v_final": c.mismatched_v_final,
+                             "per_layer": c.per_layer, "seconds": sims[b].seconds,
+                             "first_divergence": c.first_divergence._asdict() if c.first_divergence else None}
+                         for b, c in comps.items()},
+            "equal": ok}))
+        return 0 if ok else 1
+    ref = sims[names[0]]
+    print(f"reference {names[0]}: {sum(int(s.sum()) for s in ref.result.spikes.values())} spikes, "
+          f"{len(ds.y)} samples x {ref.steps} steps, {ref.seconds:.2f} s")
+    for b, c in comps.items():
+        status = "identical" if c.mismatched_spikes == 0 and c.mismatched_v_final == 0 else "DIFFERENT"
+        print(f"{b}: {c.spikes} spikes, {c.mismatched_spikes} mismatching spikes, "
+              f"{c.mismatched_v_final} mismatching readout potentials, {sims[b].seconds:.2f} s: {status}")
+        if c.first_divergence:
+            d = c.first_divergence
+            print(f"  first divergence: sample {d.sample}, layer '{d.layer}', neuron {d.neuron}, step {d.step} "
+                  f"({names[0]} {'spiked' if d.reference else 'silent'}, {b} {'spiked' if d.other else 'silent'})")
+    return 0 if ok else 1
+
+
+def cmd_hardware(args: argparse.Namespace) -> int:
+    from spikeforge.backends.loihi import hardware_status
+
+    status = hardware_status()
+    print(json.dumps(status) if args.json else "\n".join(f"{k}: {v}" for k, v in status.items()))
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spikeforge", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a rate (clipped-ReLU) network and export it to ONNX")
+    t.add_argument("--arch", choices=("mlp", "recurrent"), default="mlp")
+    t.add_argument("--data", default="digits", help="'digits' (embedded), a .npz with x and y, or an MNIST idx folder")
+    t.add_argument("--hidden", type=_positive("--hidden"), nargs="+", default=[128])
+    t.add_argument("--epochs", type=_positive("--epochs"), default=None)
+    t.add_argument("--iterations", type=_positive("--iterations"), default=8, help="recurrent: unrolled steps")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--calib-out", help="calibration split (default: calib.npz beside the model)")
+    t.add_argument("--test-out", help="test split (default: test.npz beside the model)")
+    t.add_argument("-o", "--output", required=True)
+    t.set_defaults(fn=cmd_train)
+
+    c = sub.add_parser("convert", help="ANN (ONNX or NIR) -> quantized spiking graph file")
+    c.add_argument("model")
+    c.add_argument("--calib", required=True, help="calibration data (.npz with x and y, or 'digits')")
+    c.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
+    c.add_argument("--normalize", choices=("percentile", "max", "none"), default="percentile")
+    c.add_argument("--percentile", type=float, default=99.9)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("-o", "--output", required=True)
+    c.set_defaults(fn=cmd_convert)
+
+    for name, fn, helptext in (("simulate", cmd_simulate, "run a graph file on one backend"),
+                               ("verify", cmd_verify, "compare backends spike for spike")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("graph")
+        if name == "simulate":
+            s.add_argument("--backend", default="cpu")
+        else:
+            s.add_argument("--backends", default="cpu,lava,brian2")
+        s.add_argument("--data", required=True)
+        s.add_argument("--timesteps", type=_positive("--timesteps"), default=32)
+        s.add_argument("--limit", type=_positive("--limit"), default=None)
+        s.add_argument("--encoding", choices=("current", "rate"), default="current")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--json", action="store_true")
+        s.set_defaults(fn=fn)
+
+    h = sub.add_parser("hardware", help="is Loihi 2 hardware (lava-loihi and a board) available?")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(fn=cmd_hardware)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpikeforgeError as exc:
+        print(f"spikeforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spikeforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

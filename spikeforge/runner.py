@@ -1,0 +1,104 @@
+"""Running samples through backends, and comparing backends spike for spike."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from spikeforge import ir
+from spikeforge.backends import RunResult, get_backend
+from spikeforge.encoding import Encoding, encode
+from spikeforge.errors import DataError, SpikeforgeError
+from spikeforge.network import lower
+
+
+class Simulation(NamedTuple):
+    backend: str
+    result: RunResult
+    predictions: np.ndarray
+    timesteps: int
+    steps: int
+    seconds: float  # compile + run
+
+
+def payloads_for(graph: ir.Graph, x: np.ndarray, timesteps: int, encoding: Encoding = "current",
+                 seed: int = 0) -> np.ndarray:
+    net = lower(graph)
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    if x.shape[1] != net.input.size:
+        raise DataError(f"data: expected {net.input.size} features per sample, found {x.shape[1]}")
+    return encode(x, timesteps, net.depth, net.input.payload_max, encoding, seed)
+
+
+def simulate(graph: ir.Graph, backend: str, x: np.ndarray, timesteps: int,
+             encoding: Encoding = "current", seed: int = 0, **options: Any) -> Simulation:
+    """Encode x, compile the graph on ``backend`` once, run all samples."""
+    payloads = payloads_for(graph, x, timesteps, encoding, seed)
+    be = get_backend(backend, **options)
+    t0 = time.perf_counter()
+    program = be.compile(graph)
+    result = be.run(program, payloads)
+    seconds = time.perf_counter() - t0
+    return Simulation(backend, result, result.predictions, timesteps, payloads.shape[1], seconds)
+
+
+class Divergence(NamedTuple):
+    sample: int
+    layer: str
+    neuron: int
+    step: int
+    reference: bool
+    other: bool
+
+
+class Comparison(NamedTuple):
+    spikes: int  # spikes of the compared backend
+    reference_spikes: int
+    mismatched_spikes: int  # spikes present in one and not the other (layer, neuron, step)
+    mismatched_v_final: int  # readout potentials that differ at the last step
+    per_layer: dict[str, int]  # mismatched spikes per layer
+    first_divergence: Divergence | None
+
+
+def compare(ref: RunResult, other: RunResult, layer_order: Sequence[str]) -> Comparison:
+    """Spike-for-spike comparison; the first divergence is the earliest step (then the
+    earliest layer in topological order, then the lowest neuron) of the first sample that differs."""
+    per_layer, first = {}, None
+    best: tuple[int, int, int, int] | None = None
+    for li, name in enumerate(layer_order):
+        a, b = ref.spikes[name], other.spikes[name]
+        if a.shape != b.shape:
+            raise SpikeforgeError(f"layer '{name}': spike arrays differ in shape, {a.shape} vs {b.shape}")
+        diff = a != b
+        per_layer[name] = int(diff.sum())
+        if per_layer[name]:
+            idx = np.argwhere(diff)  # (sample, step, neuron), lexicographic
+            keys = [(int(s), int(t), li, int(n)) for s, t, n in idx]
+            k = min(keys)
+            if best is None or k < best:
+                best = k
+    if best is not None:
+        s, t, li, n = best
+        name = layer_order[li]
+        first = Divergence(s, name, n, t, bool(ref.spikes[name][s, t, n]), bool(other.spikes[name][s, t, n]))
+    return Comparison(
+        spikes=int(sum(other.spikes[n].sum() for n in layer_order)),
+        reference_spikes=int(sum(ref.spikes[n].sum() for n in layer_order)),
+        mismatched_spikes=int(sum(per_layer.values())),
+        mismatched_v_final=int((ref.v_final != other.v_final).sum()),
+        per_layer=per_layer,
+        first_divergence=first,
+    )
+
+
+def verify(graph: ir.Graph, backends: Sequence[str], x: np.ndarray, timesteps: int,
+           encoding: Encoding = "current", seed: int = 0) -> tuple[dict[str, Simulation], dict[str, Comparison]]:
+    """Run the same inputs on every backend; compare each to the first."""
+    if len(backends) < 2:
+        raise SpikeforgeError(f"backends: expected at least two to compare, found {list(backends)}")
+    order = [l.name for l in lower(graph).layers]
+    sims = {b: simulate(graph, b, x, timesteps, encoding, seed) for b in backends}
+    ref = sims[backends[0]].result
+    return sims, {b: compare(ref, sims[b].result, order) for b in backends[1:]}
