@@ -19,7 +19,7 @@ from spikeforge.converter.ann import forward
 from spikeforge.errors import SpikeforgeError
 
 Normalization = Literal["percentile", "max", "none"]
-VTH_TARGET = 1024  # aim: vth in (512, 1024], weights using the full 8-bit range
+VTH_TARGET = 1024  # vth lands in [1024, 2048) with weights using the full 8-bit range
 W_MAX = 127  # symmetric 8-bit mantissas: [-127, 127] (Lava's inhibitory-only clip is -255 on 2w)
 
 
