@@ -49,17 +49,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     splits = data.split(ds, seed=args.seed)
     hidden = tuple(args.hidden)
     t0 = time.perf_counter()
-    if args.arch == "mlp":
-        model, info = models.train_mlp(splits.train, hidden=hidden, epochs=args.epochs, seed=args.seed)
-    else:
-        model, info = models.train_recurrent(splits.train, hidden=hidden, epochs=args.epochs, seed=args.seed,
-                                              iterations=args.iterations)
+    extra = {"epochs": args.epochs} if args.epochs else {}
+    model, info = models.train_mlp(splits.train, hidden=hidden, seed=args.seed, **extra)
     calib_out = Path(args.calib_out) if args.calib_out else out.parent / "calib.npz"
     test_out = Path(args.test_out) if args.test_out else out.parent / "test.npz"
-    models.export_onnx(model, out, splits.train.shape) if args.arch == "mlp" else models.export_recurrent(model, out)
+    models.export_onnx(model, out, splits.train.shape)
     data.save_npz(calib_out, splits.calib)
     data.save_npz(test_out, splits.test)
-    acc = models.evaluate(out, splits.test)
+    acc = models.evaluate_onnx(out, splits.test)
     print(f"trained {args.arch} {ds.shape}->{hidden}->{int(ds.y.max()) + 1} on {len(splits.train.y)} samples "
           f"of '{ds.name}' in {time.perf_counter() - t0:.1f} s; test accuracy {100 * acc:.2f}%")
     print(f"wrote {out}, calibration split {calib_out} ({len(splits.calib.y)}), test split {test_out} ({len(splits.test.y)})")
@@ -198,11 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a rate (clipped-ReLU) network and export it to ONNX")
-    t.add_argument("--arch", choices=("mlp", "recurrent"), default="mlp")
+    t.add_argument("--arch", choices=("mlp",), default="mlp")
     t.add_argument("--data", default="digits", help="'digits' (embedded), a .npz with x and y, or an MNIST idx folder")
     t.add_argument("--hidden", type=_positive("--hidden"), nargs="+", default=[128])
     t.add_argument("--epochs", type=_positive("--epochs"), default=None)
-    t.add_argument("--iterations", type=_positive("--iterations"), default=8, help="recurrent: unrolled steps")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--calib-out", help="calibration split (default: calib.npz beside the model)")
     t.add_argument("--test-out", help="test split (default: test.npz beside the model)")

@@ -1,0 +1,109 @@
+"""The command line end to end: train -> convert -> simulate -> verify, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spikeforge.cli import main
+
+CLI = [sys.executable, "-m", "spikeforge.cli"]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    r = run_cli("train", "--arch", "mlp", "--hidden", "64", "--epochs", "40", "-o", "model.onnx", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert (d / "model.onnx").is_file() and (d / "calib.npz").is_file() and (d / "test.npz").is_file()
+    return d
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_convert_simulate_verify(workdir, reset):
+    out = f"net-{reset}.sfg"
+    r = run_cli("convert", "model.onnx", "--calib", "calib.npz", "--reset", reset, "-o", out, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert "weight_exp" in r.stdout and "clipped_w" in r.stdout
+    r = run_cli("simulate", out, "--backend", "cpu", "--data", "test.npz", "--timesteps", "32", "--json", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    sim = json.loads(r.stdout)
+    assert {"backend", "accuracy", "samples", "timesteps", "seconds"} <= set(sim)
+    assert sim["samples"] == 359 and sim["timesteps"] == 32
+    tolerance = 0.01 if reset == "subtract" else 0.03
+    assert sim["accuracy"] >= sim["ann_accuracy"] - tolerance, sim
+    r = run_cli("verify", out, "--backends", "cpu,lava,brian2", "--data", "test.npz", "--timesteps", "32",
+                "--limit", "20", "--json", cwd=workdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ver = json.loads(r.stdout)
+    assert ver["reference"] == "cpu"
+    for b in ("lava", "brian2"):
+        assert ver["backends"][b]["mismatched_spikes"] == 0
+        assert ver["backends"][b]["spikes"] > 0
+        assert ver["backends"][b]["first_divergence"] is None
+
+
+def test_simulate_on_lava_text_output(workdir):
+    run_cli("convert", "model.onnx", "--calib", "calib.npz", "-o", "net.sfg", cwd=workdir)
+    r = run_cli("simulate", "net.sfg", "--backend", "lava", "--data", "test.npz", "--limit", "5", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("lava: accuracy") and "ANN accuracy" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["simulate", "missing.sfg", "--data", "test.npz"], "missing.sfg: no such file"),
+    (["simulate", "model.onnx", "--data", "test.npz"], "model.onnx: not a spikeforge graph file"),
+    (["simulate", "net.sfg", "--data", "model.onnx"], "model.onnx"),
+    (["simulate", "net.sfg", "--data", "test.npz", "--backend", "gpu"], "backend: expected one of cpu"),
+    (["convert", "calib.npz", "--calib", "calib.npz", "-o", "x.sfg"], "calib.npz: expected a model file ending in .onnx"),
+    (["convert", "model.onnx", "--calib", "calib.npz", "--percentile", "0", "-o", "x.sfg"], "percentile: expected a value in (0, 100]"),
+    (["verify", "net.sfg", "--backends", "cpu", "--data", "test.npz"], "backends: expected at least two"),
+])
+def test_errors_are_one_line_and_nonzero(workdir, capsys, args, message):
+    if not (workdir / "net.sfg").exists():
+        assert main(["convert", str(workdir / "model.onnx"), "--calib", str(workdir / "calib.npz"),
+                     "-o", str(workdir / "net.sfg")]) == 0
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        code = main(args)
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (workdir / "x.sfg").exists()
+
+
+def test_timesteps_must_be_positive(workdir):
+    r = run_cli("simulate", "net.sfg", "--data", "test.npz", "--timesteps", "0", cwd=workdir)
+    assert r.returncode == 2 and "--timesteps: expected an integer >= 1, found 0" in r.stderr
+
+
+def test_unsupported_onnx_op_via_cli(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W"], ["h"], name="fc", transB=1),
+         helper.make_node("Sigmoid", ["h"], ["y"], name="squash")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(np.ones((3, 4), np.float32), "W")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "c.npz", x=np.zeros((3, 4)), y=np.zeros(3, int))
+    r = run_cli("convert", "m.onnx", "--calib", "c.npz", "-o", "m.sfg", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "m.onnx: unsupported ops: node 'squash' (Sigmoid)" in r.stderr
+    assert not (tmp_path / "m.sfg").exists()
