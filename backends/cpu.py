@@ -52,6 +52,8 @@ def check_payloads(net: Network, payloads: np.ndarray) -> np.ndarray:
         raise DataError(
             f"payloads: expected shape (batch, steps, {net.input.size}), found {p.shape}"
         )
+    if p.size and not np.issubdtype(p.dtype, np.integer) and not np.array_equal(p, np.rint(p)):
+        raise DataError("payloads: expected integers, found fractional values")
     if p.size and (p.min() < 0 or p.max() > net.input.payload_max):
         raise DataError(
             f"payloads: expected integers in [0, {net.input.payload_max}], found [{p.min()}, {p.max()}]"

@@ -63,7 +63,8 @@ BITS: Mapping[str, IntRange] = {
     "bias_exp": IntRange(3, 0, 7, False),
     "refractory": IntRange(8, 0, 255, False),
     "payload": IntRange(8, 0, 255, False),
-    # State: u wraps and v saturates at 24 bits signed.
+    # State: v saturates at 24 bits signed; u wraps once as Lava does (x > 2**23 loses 2**24,
+    # then x <= -2**23 gains 2**24), so an input far beyond 24 bits can leave u outside them.
     "state": IntRange(24, -(2**23) + 1, 2**23 - 1, True),
 }
 

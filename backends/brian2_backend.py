@@ -1,0 +1,361 @@
+"""The brian2 backend: the independent reference, spikeforge's integer semantics written in
+Brian2's own language.
+
+Every layer is a ``NeuronGroup`` of int64 state variables (``u``, ``v`` and one accumulator
+``acc_k`` per incoming projection); every projection is a ``Synapses`` object whose
+``on_pre`` adds ``w`` (or ``w * p_pre`` for the graded input) to its accumulator; the
+neuron update is a ``run_regularly`` block at ``when='start'`` in integer arithmetic
+(rounding written with ``//`` on integers, which Brian2 renders as Python's floor division
+on both the numpy and the cython target); threshold and reset are Brian2's own. No numpy
+code of ours computes the dynamics: this file only builds the Brian2 objects and reads the
+monitors back.
+
+Order within one time step (Brian2's schedule ``start, groups, thresholds, synapses,
+resets, end``) gives spikeforge's one step of synaptic delay: at ``start`` a layer turns
+the accumulators filled by the previous step's spikes into ``a``, zeroes them and updates
+``u`` and ``v``; at ``thresholds`` it spikes; at ``synapses`` the spikes of this step fill
+the accumulators for the next; at ``resets`` ``v`` is reset. The input is a group whose
+integer payload ``p`` is read from a ``TimedArray`` at ``start`` and which "spikes" where
+``p > 0``.
+
+Many samples run either as copies of the network (``mode='batch'``, the default: groups of
+``copies * n`` neurons with block-diagonal synapses, one run of ``T + depth`` steps per
+chunk of samples) or one after the other in one long run (``mode='concat'``: the samples'
+payloads concatenated in time, and ``u``, ``v`` and the accumulators zeroed at the first
+step of every window of ``T + depth`` steps, using ``t_in_timesteps``).
+
+Brian2 is imported lazily, inside the functions, never at module import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from spikeforge import ir
+from spikeforge.backends.base import Backend, RunResult
+from spikeforge.errors import BackendUnavailable, DataError, SpikeforgeError, UnsupportedError
+from spikeforge.network import Network, Projection
+
+TARGETS = ("numpy", "cython")
+MODES = ("batch", "concat")
+
+#: Default bound on the synapses built at once in batch mode (copies * nonzero weights).
+MAX_SYNAPSES = 2_000_000
+
+_INT = np.int64
+# 24-bit state: u wraps and v saturates around 2**23 (spikeforge.neuron, Lava 0.10).
+_HALF = 2**23
+_FULL = 2**24
+
+
+@dataclass
+class Brian2Program:
+    net: Network
+    target: str
+    mode: str
+    max_synapses: int
+    nnz: dict[str, int]  # projection name -> nonzero weights
+
+
+class Brian2Backend(Backend):
+    """Brian2 reference backend.
+
+    ``target``: Brian2 code generation target, ``'numpy'`` (default: no compiler needed) or
+    ``'cython'`` (fast per step, but a cold compile takes about a minute).
+    ``mode``: ``'batch'`` (samples as copies of the network) or ``'concat'`` (one long
+    run with a reset at every sample window). ``max_synapses`` bounds the size of one
+    batch of copies.
+    """
+
+    name = "brian2"
+
+    def __init__(self, target: str = "numpy", mode: str = "batch",
+                 max_synapses: int = MAX_SYNAPSES) -> None:
+        if target not in TARGETS:
+            raise SpikeforgeError(f"brian2 target: expected one of {', '.join(TARGETS)}, found '{target}'")
+        if mode not in MODES:
+            raise SpikeforgeError(f"brian2 mode: expected one of {', '.join(MODES)}, found '{mode}'")
+        if int(max_synapses) < 1:
+            raise SpikeforgeError(f"brian2 max_synapses: expected >= 1, found {max_synapses}")
+        self.target = target
+        self.mode = mode
+        self.max_synapses = int(max_synapses)
+
+    # -- compile ---------------------------------------------------------------------------
+    def compile(self, graph: ir.Graph, **options: Any) -> Brian2Program:
+        net = self.lower(graph)
+        _import_brian2()
+        if self.target == "cython":
+            with _brian2_quiet():
+                from brian2.codegen.runtime.cython_rt import CythonCodeObject
+                available = CythonCodeObject.is_available()
+            if not available:
+                raise BackendUnavailable(
+                    "backend 'brian2': target 'cython' needs Cython and a C++ compiler; "
+                    "use Brian2Backend(target='numpy')"
+                )
+        for layer in net.layers:
+            if not isinstance(layer.node, ir.FixedLIF):  # pragma: no cover - lowering guarantees it
+                raise UnsupportedError(f"{layer.node.where()}: the brian2 backend runs FixedLIF layers only")
+            if layer.node.reset not in ("zero", "subtract"):  # pragma: no cover - IR validates it
+                raise UnsupportedError(f"{layer.node.where()}: reset '{layer.node.reset}' is not supported")
+        nnz = {}
+        for proj in net.projections:
+            w = np.asarray(proj.weight)
+            if not np.issubdtype(w.dtype, np.integer):  # pragma: no cover - IR stores int64
+                raise UnsupportedError(f"node '{proj.name}' (FixedAffine): weight must be integer, found {w.dtype}")
+            nnz[proj.name] = int(np.count_nonzero(w))
+        return Brian2Program(net, self.target, self.mode, self.max_synapses, nnz)
+
+    # -- run -------------------------------------------------------------------------------
+    def run(self, program: Brian2Program, payloads: np.ndarray) -> RunResult:
+        net = program.net
+        payloads = _check_payloads(net, payloads)
+        batch, steps, _ = payloads.shape
+        spikes = {l.name: np.zeros((batch, steps, l.size), bool) for l in net.layers}
+        ro = net.layer(net.readout)
+        v_final = np.zeros((batch, ro.size), _INT)
+        if batch and steps:
+            if program.mode == "batch":
+                _run_batched(program, payloads, spikes, v_final)
+            else:
+                _run_concat(program, payloads, spikes, v_final)
+        return RunResult(spikes, v_final, net.readout, ro.node.vth_scaled)
+
+
+def _import_brian2():
+    try:
+        with _brian2_quiet():
+            import brian2
+    except ImportError as exc:  # pragma: no cover - brian2 is a dependency
+        raise BackendUnavailable(f"backend 'brian2': cannot import brian2 ({exc})") from None
+    return brian2
+
+
+@contextlib.contextmanager
+def _brian2_quiet() -> Iterator[None]:
+    """Silence Brian2's pyparsing deprecation warnings while it parses our code."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pyparsing.*")
+        warnings.filterwarnings("ignore", message=r".*pyparsing.*", category=DeprecationWarning)
+        try:
+            from pyparsing.warnings import PyparsingDeprecationWarning
+        except ImportError:
+            pass
+        else:
+            warnings.filterwarnings("ignore", category=PyparsingDeprecationWarning)
+        yield
+
+
+def _check_payloads(net: Network, payloads: np.ndarray) -> np.ndarray:
+    p = np.asarray(payloads)
+    if p.ndim != 3 or p.shape[2] != net.input.size:
+        raise DataError(f"payloads: expected shape (batch, steps, {net.input.size}), found {p.shape}")
+    if p.size and not np.issubdtype(p.dtype, np.integer):
+        if not np.array_equal(p, np.rint(p)):
+            raise DataError(f"payloads: expected integers, found dtype {p.dtype} with fractions")
+    if p.size and (p.min() < 0 or p.max() > net.input.payload_max):
+        raise DataError(
+            f"payloads: expected integers in [0, {net.input.payload_max}], found [{p.min()}, {p.max()}]"
+        )
+    return p.astype(_INT)
+
+
+# -- the Brian2 model ----------------------------------------------------------------------
+def _layer_equations(n_in: int, window: bool) -> str:
+    lines = ["u : integer", "v : integer", "bias : integer (constant)",
+             "fu : integer (constant, shared)",  # 4096 - du - 1
+             "fv : integer (constant, shared)",  # 4096 - dv
+             "vth : integer (constant, shared)"]  # vth << 6
+    for k in range(n_in):
+        lines += [f"acc_{k} : integer",
+                  f"mul_{k} : integer (constant, shared)",  # 2**max(exp, 0)
+                  f"div_{k} : integer (constant, shared)"]  # 2**max(-exp, 0)
+    if window:
+        lines.append("window : integer (constant, shared)")
+    return "\n".join(lines)
+
+
+def _trunc4096(x: str) -> str:
+    """trunc(x / 4096) toward zero, in integers only (Lava: sign(x) * (|x| >> 12))."""
+    return f"(int({x} >= 0) * ({x} // 4096) - int({x} < 0) * ((-{x}) // 4096))"
+
+
+def _layer_update(n_in: int, window: bool) -> str:
+    """The neuron update, run at ``when='start'`` (spikeforge.neuron.lif_step, integers).
+
+    ``a`` is the sum over incoming projections of floor(acc_k * 2**exp_k): each
+    projection's shift applies to its own sum. With ``window`` (concat mode) the state
+    and the input are dropped at the first step of every sample window.
+    """
+    terms = " + ".join(f"(acc_{k} * mul_{k}) // div_{k}" for k in range(n_in))
+    keep = "keep * " if window else ""
+    code = []
+    if window:
+        code.append("keep = 1 - int(t_in_timesteps % window == 0)")
+    code.append(f"a_in = {keep}({terms})")
+    code += [f"acc_{k} = 0" for k in range(n_in)]
+    code += [
+        f"p_u = {keep}u * fu",
+        f"x_u = {_trunc4096('p_u')} + a_in * 64",
+        f"w_u = x_u - {_FULL} * int(x_u > {_HALF})",
+        f"u = w_u + int(w_u <= -{_HALF}) * (x_u + {_FULL} - w_u)",
+        f"p_v = {keep}v * fv",
+        f"x_v = {_trunc4096('p_v')} + u + bias",
+        f"v = x_v - int(x_v > {_HALF - 1}) * (x_v - {_HALF - 1}) - int(x_v < -{_HALF - 1}) * (x_v + {_HALF - 1})",
+    ]
+    return "\n".join(code)
+
+
+class _Model:
+    """One Brian2 Network holding ``copies`` independent copies of the network; with
+    ``window`` (concat mode) the state is zeroed at the first step of every window."""
+
+    def __init__(self, program: Brian2Program, copies: int, window: int | None) -> None:
+        with _brian2_quiet():
+            self._build(program, copies, window)
+
+    def _build(self, program: Brian2Program, copies: int, window: int | None) -> None:
+        b2 = _import_brian2()
+        from brian2 import ms
+        from brian2.devices.device import RuntimeDevice, get_device
+
+        if not isinstance(get_device(), RuntimeDevice):
+            raise BackendUnavailable(
+                f"backend 'brian2': needs Brian2's runtime device, found "
+                f"'{type(get_device()).__name__}' (a set_device() call elsewhere in this process)"
+            )
+        net = program.net
+        if program.target == "numpy":
+            from brian2.codegen.runtime.numpy_rt import NumpyCodeObject as codeobj
+        else:
+            from brian2.codegen.runtime.cython_rt import CythonCodeObject as codeobj
+        self.net, self.copies, self.window = net, copies, window
+        self.dt = 1 * ms
+        self.clock = b2.Clock(dt=self.dt, name="sf_clock")
+        common = dict(clock=self.clock, codeobj_class=codeobj)
+        self.payload = b2.TimedArray(np.zeros((1, copies * net.input.size)), dt=self.dt, name="sf_payload")
+        # Input: integer payload p per step; "spikes" where p > 0 (graded spike p).
+        self.inp = b2.NeuronGroup(copies * net.input.size, "p : integer", threshold="p > 0", reset="",
+                                  namespace={"sf_payload": self.payload}, dtype={"p": _INT},
+                                  name="sf_input", **common)
+        self.inp.run_regularly("p = int(sf_payload(t, i))", when="start", name="sf_input_read",
+                               codeobj_class=codeobj)
+        groups = {net.input.name: self.inp}
+        self.layers = {}
+        for li, layer in enumerate(net.layers):
+            node, incoming = layer.node, net.incoming(layer.name)
+            eqs = _layer_equations(len(incoming), window is not None)
+            names = [line.split(":")[0].strip() for line in eqs.splitlines()]
+            g = b2.NeuronGroup(
+                copies * layer.size, eqs, threshold="v > vth",
+                reset="v = 0" if node.reset == "zero" else "v -= vth",
+                namespace={}, dtype={name: _INT for name in names}, name=f"sf_layer{li}", **common,
+            )
+            g.fu = 4096 - node.du - 1
+            g.fv = 4096 - node.dv
+            g.vth = node.vth_scaled
+            g.bias = np.tile(np.asarray(node.bias, _INT), copies)
+            for k, proj in enumerate(incoming):
+                setattr(g, f"mul_{k}", 2 ** max(proj.weight_exp, 0))
+                setattr(g, f"div_{k}", 2 ** max(-proj.weight_exp, 0))
+            if window is not None:
+                g.window = window
+            g.run_regularly(_layer_update(len(incoming), window is not None), when="start",
+                            name=f"sf_layer{li}_update", codeobj_class=codeobj)
+            groups[layer.name] = g
+            self.layers[layer.name] = g
+        self.synapses = []
+        for pi, proj in enumerate(net.projections):
+            if not program.nnz[proj.name]:
+                continue  # all weights zero: acc_k stays 0 (Brian2's connect() rejects empty lists)
+            k = net.incoming(proj.dst).index(proj)
+            on_pre = f"acc_{k}_post += w * p_pre" if proj.graded else f"acc_{k}_post += w"
+            s = b2.Synapses(groups[proj.src], groups[proj.dst], "w : integer (constant)",
+                            on_pre=on_pre, namespace={}, dtype={"w": _INT},
+                            name=f"sf_proj{pi}", **common)
+            pre, post, w = _block_diagonal(proj, copies)
+            s.connect(i=pre, j=post)
+            s.w = w
+            self.synapses.append(s)
+        self.monitors = {name: b2.SpikeMonitor(g, record=True, name=f"sf_spikes{li}",
+                                               codeobj_class=codeobj)
+                         for li, (name, g) in enumerate(self.layers.items())}
+        objs = [self.inp, *self.layers.values(), *self.synapses, *self.monitors.values()]
+        self.vmon = None
+        if window is not None:
+            self.vmon = b2.StateMonitor(self.layers[net.readout], "v", record=True, when="end",
+                                        name="sf_vfinal", codeobj_class=codeobj)
+            objs.append(self.vmon)
+        self.network = b2.Network(*objs, name="sf_network")
+        self.network.store("init")
+
+    def run(self, values: np.ndarray) -> None:
+        """Run from the initial state with payload rows ``values`` (steps, copies * n_in)."""
+        b2 = _import_brian2()
+        with _brian2_quiet():
+            self.network.restore("init")
+            self.payload = b2.TimedArray(values.astype(np.float64), dt=self.dt, name="sf_payload")
+            self.inp.namespace["sf_payload"] = self.payload
+            self.network.run(values.shape[0] * self.dt, namespace={}, report=None)
+
+    def spikes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(neuron index, step) of every spike of layer ``name``."""
+        mon = self.monitors[name]
+        idx = np.asarray(mon.i[:], _INT)
+        step = np.rint(np.asarray(mon.t_[:]) / float(self.dt)).astype(_INT)
+        return idx, step
+
+
+def _block_diagonal(proj: Projection, copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Synapse lists (pre, post, w) of ``copies`` independent copies of a projection."""
+    n_dst, n_src = proj.weight.shape
+    rows, cols = np.nonzero(proj.weight)
+    w = np.asarray(proj.weight[rows, cols], _INT)
+    off = np.arange(copies, dtype=_INT)[:, None]
+    pre = (off * n_src + cols[None, :]).ravel()
+    post = (off * n_dst + rows[None, :]).ravel()
+    return pre, post, np.tile(w, copies)
+
+
+def _batch_size(program: Brian2Program, batch: int) -> int:
+    per_copy = max(1, sum(program.nnz.values()))
+    return max(1, min(batch, program.max_synapses // per_copy))
+
+
+def _run_batched(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_final: np.ndarray) -> None:
+    net = program.net
+    batch, steps, n_in = payloads.shape
+    copies = _batch_size(program, batch)
+    model = _Model(program, copies, None)
+    for start in range(0, batch, copies):
+        chunk = payloads[start:start + copies]
+        used = chunk.shape[0]
+        values = np.zeros((steps, copies, n_in), _INT)  # padding copies get no input
+        values[:, :used] = chunk.transpose(1, 0, 2)
+        model.run(values.reshape(steps, copies * n_in))
+        for layer in net.layers:
+            idx, step = model.spikes(layer.name)
+            b, j = np.divmod(idx, layer.size)
+            keep = b < used
+            spikes[layer.name][start + b[keep], step[keep], j[keep]] = True
+        ro = model.layers[net.readout]
+        v_final[start:start + used] = np.asarray(ro.v[:], _INT).reshape(copies, -1)[:used]
+
+
+def _run_concat(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_final: np.ndarray) -> None:
+    net = program.net
+    batch, steps, n_in = payloads.shape
+    model = _Model(program, 1, steps)
+    model.run(payloads.reshape(batch * steps, n_in))
+    for layer in net.layers:
+        idx, step = model.spikes(layer.name)
+        b, k = np.divmod(step, steps)
+        spikes[layer.name][b, k, idx] = True
+    v = np.asarray(model.vmon.v[:], _INT)  # (neurons, batch * steps), after the step's reset
+    v_final[:] = v[:, steps - 1::steps].T
