@@ -35,21 +35,78 @@ def _if_rate(node: ir.IF, x: np.ndarray) -> np.ndarray:
     return np.clip(x / node.v_threshold, 0.0, 1.0)
 
 
-def forward(graph: ir.Graph, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Activations of every node for inputs x (batch, features). Feedforward graphs only."""
-    if not graph.is_feedforward():
-        raise UnsupportedError("ANN evaluation: graph has recurrent edges; use the recurrent evaluator")
+def forward(graph: ir.Graph, x: np.ndarray, iterations: int | None = None) -> dict[str, np.ndarray]:
+    """Activations of every node for inputs x (batch, features).
+
+    A feedforward graph is evaluated in one pass. A recurrent graph (or any graph when
+    ``iterations`` is given) runs the synchronous rate model of :func:`trajectory`, and each
+    node's value is its mean over the iterations (for the Output: the mean logits).
+    """
+    if iterations is None and graph.is_feedforward():
+        x = _check_x(graph, x)
+        acts: dict[str, np.ndarray] = {}
+        for name in graph.topological_order():
+            node = graph.node(name)
+            arg = x if isinstance(node, ir.Input) else sum(acts[p] for p in graph.predecessors(name))
+            acts[name] = EVAL.lookup(node)(node, arg)
+        return acts
+    return {k: v.mean(axis=0) for k, v in trajectory(graph, x, iterations).items()}
+
+
+def trajectory(graph: ir.Graph, x: np.ndarray, iterations: int | None = None) -> dict[str, np.ndarray]:
+    """The rate model of a (possibly recurrent) graph, with the spiking timing: every synapse
+    carries one step of delay and all neurons update together. For k = 1..K:
+
+        a_A[k] = W_A z_src(A)[k-1] + b_A                  (every Affine A)
+        h_n[k] = relu_n( sum_{A -> n} a_A[k] )            (every neuron n; h_n[0] = 0)
+        y[k]   = a_A[k] for the Affine A feeding the Output (or h of the neuron feeding it)
+
+    with z = x for the Input at every k. Returns node -> (K, batch, n): neurons' h, Affines' a,
+    the Output's y. K is ``iterations`` or the graph's metadata["iterations"].
+    """
+    K = iterations if iterations is not None else graph.metadata.get("iterations")
+    if not isinstance(K, int) or K < 1:
+        raise UnsupportedError(
+            "ANN evaluation: a recurrent graph needs a number of iterations >= 1 "
+            f"(metadata 'iterations'), found {K!r}"
+        )
+    x = _check_x(graph, x)
+    order = graph.topological_order()
+    nodes = graph.by_name
+    prev: dict[str, np.ndarray] = {}
+    for name in order:
+        node = nodes[name]
+        prev[name] = x if isinstance(node, ir.Input) else np.zeros((len(x), node.out_size))
+    for name in order:  # Flatten of the input is the input at every k
+        if isinstance(nodes[name], ir.Flatten):
+            prev[name] = prev[graph.predecessors(name)[0]]
+    hist: dict[str, list[np.ndarray]] = {n: [] for n in order if not isinstance(nodes[n], (ir.Input, ir.Flatten))}
+    for _ in range(K):
+        cur = dict(prev)
+        for name in order:
+            node = nodes[name]
+            if isinstance(node, ir.Affine):
+                cur[name] = EVAL.lookup(node)(node, prev[graph.predecessors(name)[0]])
+        for name in order:
+            node = nodes[name]
+            if isinstance(node, ir.NEURONS):
+                cur[name] = EVAL.lookup(node)(node, sum(cur[p] for p in graph.predecessors(name)))
+            elif isinstance(node, ir.Output):
+                cur[name] = cur[graph.predecessors(name)[0]]
+            elif isinstance(node, ir.Flatten):
+                cur[name] = cur[graph.predecessors(name)[0]]
+        for name in hist:
+            hist[name].append(cur[name])
+        prev = cur
+    return {k: np.stack(v) for k, v in hist.items()}
+
+
+def _check_x(graph: ir.Graph, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     (inp,) = graph.inputs
     if x.shape[1] != inp.out_size:
         raise DataError(f"ANN input: expected {inp.out_size} features, found {x.shape[1]}")
-    acts: dict[str, np.ndarray] = {}
-    for name in graph.topological_order():
-        node = graph.node(name)
-        preds = graph.predecessors(name)
-        arg = x if isinstance(node, ir.Input) else sum(acts[p] for p in preds)
-        acts[name] = EVAL.lookup(node)(node, arg)
-    return acts
+    return x
 
 
 def predict(graph: ir.Graph, x: np.ndarray) -> np.ndarray:

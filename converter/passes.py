@@ -15,7 +15,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from spikeforge import ir
-from spikeforge.converter.ann import forward
+from spikeforge.converter.ann import forward, trajectory
 from spikeforge.errors import SpikeforgeError
 
 Normalization = Literal["percentile", "max", "none"]
@@ -47,28 +47,36 @@ def normalize(graph: ir.Graph, calib_x: np.ndarray, method: Normalization = "per
     if not 0 < percentile <= 100:
         raise SpikeforgeError(f"percentile: expected a value in (0, 100], found {percentile}")
     _check_graph(graph, (ir.Input, ir.Flatten, ir.Affine, ir.ReLU, ir.Output), "normalize")
-    acts = forward(graph, calib_x)
+    if graph.is_feedforward():
+        acts = forward(graph, calib_x)
+    else:  # statistics over every iteration of the rate model
+        acts = {k: v.reshape(-1, v.shape[-1]) for k, v in trajectory(graph, calib_x).items()}
     lam: dict[str, float] = {}  # activation that maps to rate 1, per node output
+    for node in graph.nodes:
+        if isinstance(node, ir.Input):
+            lam[node.name] = 1.0
+        elif isinstance(node, ir.ReLU):
+            scale = _scale_stat(acts[node.name], method, percentile)
+            lam[node.name] = max(min(scale, node.upper) if node.upper is not None else scale, 1e-12)
     new: dict[str, ir.Node] = {}
     for name in graph.topological_order():
         node = graph.node(name)
         preds = graph.predecessors(name)
-        if isinstance(node, ir.Input):
-            lam[name] = 1.0
-        elif isinstance(node, (ir.Flatten, ir.Output)):
+        if isinstance(node, (ir.Flatten, ir.Output)) and name not in lam:
             lam[name] = lam[preds[0]]
         elif isinstance(node, ir.Affine):
             succ = graph.successors(name)
-            relu = [graph.node(s) for s in succ if isinstance(graph.node(s), ir.ReLU)]
-            stat_of = acts[relu[0].name] if relu else acts[name]
-            scale = _scale_stat(stat_of, method, percentile)
-            if relu and relu[0].upper is not None:
-                scale = min(scale, relu[0].upper)
-            lam[name] = max(scale, 1e-12)
-            lam_src = lam[preds[0]]
-            new[name] = node.replace(weight=node.weight * lam_src / lam[name], bias=node.bias / lam[name])
+            if len(succ) != 1:
+                raise SpikeforgeError(f"normalize: {node.where()} feeds {len(succ)} nodes; expected one")
+            dst = succ[0]
+            if isinstance(graph.node(dst), ir.ReLU):
+                lam_dst = lam[dst]
+            else:  # the final affine map: its positive outputs set the readout's scale
+                lam_dst = max(_scale_stat(acts[name], method, percentile), 1e-12)
+            lam[name] = lam_dst
+            lam_src = lam[graph.source_through_flatten(preds[0])]
+            new[name] = node.replace(weight=node.weight * lam_src / lam_dst, bias=node.bias / lam_dst)
         elif isinstance(node, ir.ReLU):
-            lam[name] = lam[preds[0]]
             new[name] = node.replace(upper=1.0)
     nodes = [new.get(n.name, n) for n in graph.nodes]
     meta = {"normalization": {"method": method, "percentile": percentile,

@@ -70,11 +70,11 @@ def _import_model(path: Path):
         from spikeforge.converter.onnx_import import load_onnx
 
         return load_onnx(path)
-    if suffix == ".nir":
-        from spikeforge.converter.nir_io import load_nir
+    if suffix == ".sfg":
+        from spikeforge import graphio
 
-        return load_nir(path)
-    raise SpikeforgeError(f"{path}: expected a model file ending in .onnx or .nir, found '{suffix or 'no suffix'}'")
+        return graphio.load(path, "ann")
+    raise SpikeforgeError(f"{path}: expected a model file ending in .onnx or .sfg (an ANN graph), found '{suffix or 'no suffix'}'")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", required=True)
     t.set_defaults(fn=cmd_train)
 
-    c = sub.add_parser("convert", help="ANN (ONNX or NIR) -> quantized spiking graph file")
+    c = sub.add_parser("convert", help="ANN (ONNX, or an ANN graph file) -> quantized spiking graph file")
     c.add_argument("model")
     c.add_argument("--calib", required=True, help="calibration data (.npz with x and y, or 'digits')")
     c.add_argument("--reset", choices=("subtract", "zero"), default="subtract")

@@ -347,8 +347,9 @@ class Graph:
 
     Rules: names unique; every edge's endpoints exist and their sizes agree; at least one
     Input and exactly one Output; Affine/Flatten/Output have exactly one predecessor;
-    neurons are fed only by synapse nodes; every cycle passes through a synapse node
-    into a neuron (so it has a delay).
+    neurons (ReLU, IF, FixedLIF) are fed only by synapse nodes, whose outputs they sum;
+    every node is reachable from an Input; every cycle passes through a synapse node into a
+    neuron (so it has a delay).
     """
 
     nodes: tuple[Node, ...]
@@ -429,9 +430,9 @@ class Graph:
             raise GraphError(f"graph: expected exactly one Output node, found {len(outs)}")
         for n in self.nodes:
             preds = self.predecessors(n.name)
-            if isinstance(n, (Affine, FixedAffine, Flatten, Output, ReLU)) and len(preds) != 1:
+            if isinstance(n, (Affine, FixedAffine, Flatten, Output)) and len(preds) != 1:
                 raise GraphError(f"{n.where()}: expected exactly one input edge, found {len(preds)}")
-            if isinstance(n, (IF, FixedLIF)):
+            if isinstance(n, NEURONS):
                 if not preds:
                     raise GraphError(f"{n.where()}: expected at least one input edge, found none")
                 for p in preds:
