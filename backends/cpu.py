@@ -16,7 +16,7 @@ from spikeforge import ir
 from spikeforge.backends.base import Backend, RunResult
 from spikeforge.errors import DataError
 from spikeforge.network import Network
-from spikeforge.neuron import dense, lif_init, lif_step
+from spikeforge.neuron import dense, lif_init, lif_step, stochastic_step, uniform_ints
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _run_time_batched(net: Network, payloads: np.ndarray) -> tuple[dict, np.ndar
         params, state = layer.params, lif_init(batch, layer.size)
         s = np.zeros((batch, steps, layer.size), bool)
         for t in range(steps):
-            state, s[:, t] = lif_step(params, state, a[:, t])
+            state, s[:, t] = _neuron_step(layer, params, state, a[:, t], t)
         out[layer.name] = s
         if layer.name == net.readout:
             v_final = state.v
@@ -100,9 +100,17 @@ def _run_stepwise(net: Network, payloads: np.ndarray) -> tuple[dict, np.ndarray]
             a = np.zeros((batch, layer.size), np.int64)
             for proj in net.incoming(layer.name):
                 a += dense(proj.weight, proj.weight_exp, prev[proj.src], _max_input(net, proj))
-            states[layer.name], s = lif_step(params[layer.name], states[layer.name], a)
+            states[layer.name], s = _neuron_step(layer, params[layer.name], states[layer.name], a, t)
             spikes[layer.name][:, t] = s
             new[layer.name] = s.astype(np.int64)
         new[net.input.name] = payloads[:, t]
         prev = new
     return spikes, states[net.readout].v
+
+
+def _neuron_step(layer, params, state, a: np.ndarray, t: int):
+    """One step of a layer: LIF (stateful) or stochastic (memoryless, counter-based draws)."""
+    if layer.stochastic:
+        r = uniform_ints(params.seed, np.arange(a.shape[0]), t, a.shape[1], params.vth << 6)
+        return state, stochastic_step(params, a, r)
+    return lif_step(params, state, a)

@@ -1,6 +1,9 @@
-"""Trainable models: the rate-coded MLP, its deterministic training, ONNX export and evaluation."""
+"""Trainable models: the rate-coded MLP, its deterministic training, ONNX export and evaluation;
+the recurrent rate network (one step of delay per connection), its training and IR export."""
 
 from spikeforge.models.mlp import RateMLP
+from spikeforge.models.recurrent import RecurrentRateNet, save_recurrent, to_graph, train_recurrent
 from spikeforge.models.train import evaluate, evaluate_onnx, export_onnx, predict_onnx, train_mlp
 
-__all__ = ["RateMLP", "train_mlp", "export_onnx", "evaluate_onnx", "evaluate", "predict_onnx"]
+__all__ = ["RateMLP", "train_mlp", "export_onnx", "evaluate_onnx", "evaluate", "predict_onnx",
+           "RecurrentRateNet", "train_recurrent", "to_graph", "save_recurrent"]

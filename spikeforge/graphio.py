@@ -27,7 +27,8 @@ FORMAT = "spikeforge-graph"
 VERSION = 1
 
 NODE_TYPES: dict[str, type] = {t.__name__: t for t in (
-    ir.Input, ir.Output, ir.Flatten, ir.Affine, ir.ReLU, ir.IF, ir.FixedAffine, ir.FixedLIF)}
+    ir.Input, ir.Output, ir.Flatten, ir.Affine, ir.ReLU, ir.IF, ir.FixedAffine, ir.FixedLIF,
+    ir.FixedStochastic)}
 
 
 class GraphFileError(SpikeforgeError):

@@ -25,6 +25,8 @@ from spikeforge.errors import GraphError, UnsupportedError
 
 Reset = Literal["zero", "subtract"]
 RESETS: tuple[str, ...] = ("zero", "subtract")
+#: Fixed-point neurons also reset to a value: v <- v_reset.
+FIXED_RESETS: tuple[str, ...] = ("zero", "subtract", "value")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ BITS: Mapping[str, IntRange] = {
     "bias_mant": IntRange(13, -4096, 4095, True),
     "bias_exp": IntRange(3, 0, 7, False),
     "refractory": IntRange(8, 0, 255, False),
+    "leak": IntRange(23, 0, 2**23 - 1, False),
+    "v_rest": IntRange(24, -(2**23) + 1, 2**23 - 1, True),
+    "v_reset": IntRange(24, -(2**23) + 1, 2**23 - 1, True),
+    "seed": IntRange(32, 0, 2**32 - 1, False),
     "payload": IntRange(8, 0, 255, False),
     # State: v saturates at 24 bits signed; u wraps once as Lava does (x > 2**23 loses 2**24,
     # then x <= -2**23 gains 2**24), so an input far beyond 24 bits can leave u outside them.
@@ -277,11 +283,15 @@ class FixedLIF(Node):
     """Loihi 2 CUBA LIF in fixed point (Lava 0.10 bit-accurate arithmetic), per step:
 
         u = wrap24(trunc(u * (4096 - du - 1) / 4096) + (a << 6))
-        v = sat24(trunc(v * (4096 - dv) / 4096) + u + (bias_mant << bias_exp))
-        s = v > vth << 6 ;  v = 0 (reset 'zero') or v - (vth << 6) ('subtract') where s
+        v = sat24(v_rest + leak(trunc((v - v_rest) * (4096 - dv) / 4096)) + u + (bias_mant << bias_exp))
+        s = v > vth << 6 ;  v = 0 ('zero') | v_reset ('value') | v - (vth << 6) ('subtract') where s
 
-    IF is du = 4095, dv = 0. Fields: vth 17-bit unsigned, du/dv 12-bit unsigned,
-    bias_mant 13-bit signed per neuron, bias_exp 3-bit unsigned.
+    ``leak`` shrinks |v - v_rest| by a constant without crossing v_rest (subtractive leak);
+    ``refractory`` steps after a spike hold v and allow no spike. IF is du = 4095, dv = 0.
+    Fields: vth 17-bit unsigned, du/dv 12-bit unsigned, bias_mant 13-bit signed per neuron,
+    bias_exp 3-bit unsigned, v_rest/v_reset 24-bit signed, leak 23-bit unsigned, refractory
+    8-bit unsigned. With v_rest = v_reset = leak = refractory = 0 and reset 'zero' this is
+    Lava's stock LIF; everything else runs in spikeforge's own Lava process model.
     """
 
     size: int
@@ -290,14 +300,20 @@ class FixedLIF(Node):
     dv: int = 0
     bias_mant: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     bias_exp: int = 0
-    reset: Reset = "subtract"
+    reset: str = "subtract"
+    v_rest: int = 0
+    v_reset: int = 0
+    leak: int = 0
+    refractory: int = 0
+
+    SCALARS: ClassVar[tuple[str, ...]] = ("vth", "du", "dv", "bias_exp", "v_rest", "v_reset", "leak", "refractory")
 
     def __post_init__(self) -> None:
         bias = np.asarray(self.bias_mant)
         if bias.size == 0:
             bias = np.zeros(self.size, np.int64)
         object.__setattr__(self, "bias_mant", _as_array(bias, np.int64))
-        for name in ("vth", "du", "dv", "bias_exp", "size"):
+        for name in ("size", *self.SCALARS):
             value = getattr(self, name)
             if isinstance(value, (np.integer, float)) and float(value) == int(value):
                 object.__setattr__(self, name, int(value))
@@ -322,10 +338,74 @@ class FixedLIF(Node):
 
     def validate(self) -> None:
         super().validate()
-        if self.reset not in RESETS:
-            raise GraphError(f"{self.where()}: reset must be one of {RESETS}, found {self.reset!r}")
-        for key in ("vth", "du", "dv", "bias_exp"):
+        if self.reset not in FIXED_RESETS:
+            raise GraphError(f"{self.where()}: reset must be one of {FIXED_RESETS}, found {self.reset!r}")
+        for key in self.SCALARS:
+            value = getattr(self, key)
+            if not isinstance(value, (int, np.integer)):
+                raise GraphError(f"{self.where()} {key}: expected an integer, found {value!r}")
+            BITS[key].check(f"{self.where()} {key}", value)
+        if self.bias_mant.shape != (self.size,):
+            raise GraphError(
+                f"{self.where()}: bias_mant shape expected ({self.size},), found {self.bias_mant.shape}"
+            )
+        BITS["bias_mant"].check(f"{self.where()} bias_mant", self.bias_mant)
+
+    @property
+    def lava_stock(self) -> bool:
+        """True if Lava's stock LIF (and Loihi 2's native neuron) computes this layer."""
+        return (self.reset == "zero" and self.v_rest == 0 and self.leak == 0 and self.refractory == 0)
+
+
+@dataclass(frozen=True, eq=False)
+class FixedStochastic(Node):
+    """Memoryless stochastic neuron in fixed point: with z = (a << 6) + (bias_mant << bias_exp),
+
+        spike = z > r,  r uniform in [0, vth << 6)  =>  P(spike) = clip(z / (vth << 6), 0, 1)
+
+    r comes from spikeforge.neuron.uniform_ints(seed, sample, step, neuron), so every backend
+    draws the same numbers. Fields: vth 17-bit unsigned, bias_mant 13-bit signed, bias_exp
+    3-bit unsigned, seed 32-bit unsigned. Simulation only: no Loihi 2 neuron implements it.
+    """
+
+    size: int
+    vth: int
+    bias_mant: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    bias_exp: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bias = np.asarray(self.bias_mant)
+        if bias.size == 0:
+            bias = np.zeros(self.size, np.int64)
+        object.__setattr__(self, "bias_mant", _as_array(bias, np.int64))
+        for name in ("size", "vth", "bias_exp", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, (np.integer, float)) and float(value) == int(value):
+                object.__setattr__(self, name, int(value))
+
+    @property
+    def in_size(self) -> int:
+        return self.size
+
+    @property
+    def out_size(self) -> int:
+        return self.size
+
+    @property
+    def vth_scaled(self) -> int:
+        return self.vth << 6
+
+    @property
+    def bias(self) -> np.ndarray:
+        return self.bias_mant << self.bias_exp
+
+    def validate(self) -> None:
+        super().validate()
+        for key in ("vth", "bias_exp", "seed"):
             BITS[key].check(f"{self.where()} {key}", getattr(self, key))
+        if self.vth < 1:
+            raise GraphError(f"{self.where()} vth: expected >= 1, found {self.vth}")
         if self.bias_mant.shape != (self.size,):
             raise GraphError(
                 f"{self.where()}: bias_mant shape expected ({self.size},), found {self.bias_mant.shape}"
@@ -336,9 +416,11 @@ class FixedLIF(Node):
 #: Node types that carry synaptic weights (their input arrives one step later).
 SYNAPSES: tuple[type, ...] = (Affine, FixedAffine)
 #: Node types that hold state and spike (or, for ReLU, the ANN activation they replace).
-NEURONS: tuple[type, ...] = (ReLU, IF, FixedLIF)
+NEURONS: tuple[type, ...] = (ReLU, IF, FixedLIF, FixedStochastic)
+#: Spiking neurons of a quantized graph.
+FIXED_NEURONS: tuple[type, ...] = (FixedLIF, FixedStochastic)
 #: Nodes a quantized (deployable) graph is made of.
-FIXED_TYPES: tuple[type, ...] = (Input, Output, Flatten, FixedAffine, FixedLIF)
+FIXED_TYPES: tuple[type, ...] = (Input, Output, Flatten, FixedAffine, FixedLIF, FixedStochastic)
 
 
 @dataclass(frozen=True, eq=False)
@@ -443,9 +525,9 @@ class Graph:
                         )
             if isinstance(n, FixedAffine):
                 src = self.source_through_flatten(preds[0])
-                if not isinstance(nodes[src], (Input, FixedLIF)):
+                if not isinstance(nodes[src], (Input, *FIXED_NEURONS)):
                     raise GraphError(
-                        f"{n.where()}: expected input from an Input or FixedLIF, "
+                        f"{n.where()}: expected input from an Input or a fixed-point neuron, "
                         f"found '{src}' ({type(nodes[src]).__name__})"
                     )
         reached = self.depths()

@@ -14,7 +14,7 @@ import numpy as np
 
 from spikeforge import ir
 from spikeforge.errors import GraphError, UnsupportedError
-from spikeforge.neuron import LIFParams
+from spikeforge.neuron import LIFParams, StochasticParams
 
 
 class InputLayer(NamedTuple):
@@ -25,16 +25,22 @@ class InputLayer(NamedTuple):
 
 class Layer(NamedTuple):
     name: str
-    node: ir.FixedLIF
+    node: ir.FixedLIF | ir.FixedStochastic
 
     @property
     def size(self) -> int:
         return self.node.size
 
     @property
-    def params(self) -> LIFParams:
+    def stochastic(self) -> bool:
+        return isinstance(self.node, ir.FixedStochastic)
+
+    @property
+    def params(self) -> LIFParams | StochasticParams:
         n = self.node
-        return LIFParams(n.vth, n.du, n.dv, n.bias, n.reset)
+        if isinstance(n, ir.FixedStochastic):
+            return StochasticParams(n.vth, n.bias, n.seed)
+        return LIFParams(n.vth, n.du, n.dv, n.bias, n.reset, n.v_rest, n.v_reset, n.leak, n.refractory)
 
 
 class Projection(NamedTuple):
@@ -92,8 +98,8 @@ def _lower_flatten(node: ir.Flatten, graph: ir.Graph, net: Network) -> None:
     net.aliases[node.name] = net.aliases.get(src, src)
 
 
-@LOWER.register(ir.FixedLIF)
-def _lower_lif(node: ir.FixedLIF, graph: ir.Graph, net: Network) -> None:
+@LOWER.register(ir.FixedLIF, ir.FixedStochastic)
+def _lower_neuron(node: ir.Node, graph: ir.Graph, net: Network) -> None:
     net.layers.append(Layer(node.name, node))
 
 

@@ -19,29 +19,42 @@ ACT_SHIFT = 6  # synaptic input and threshold are MSB-aligned by 6 bits
 
 
 class LIFParams(NamedTuple):
-    """Per-layer constants. ``bias`` is in state units (bias_mant << bias_exp), shape (n,)."""
+    """Per-layer constants, all integers in state units (``bias`` = bias_mant << bias_exp, (n,)).
+
+    The defaults of the last four fields give Lava's stock Loihi 2 LIF exactly.
+    """
 
     vth: int  # 17-bit unsigned; compared as vth << 6
     du: int  # 12-bit unsigned current decay: u *= (4096 - du - 1) / 4096
-    dv: int  # 12-bit unsigned voltage decay: v *= (4096 - dv) / 4096
-    bias: np.ndarray  # int64, state units
-    reset: str  # "zero" | "subtract"
+    dv: int  # 12-bit unsigned voltage decay toward v_rest: (v - v_rest) *= (4096 - dv) / 4096
+    bias: np.ndarray  # int64 (n,), state units
+    reset: str  # "zero" | "subtract" | "value"
+    v_rest: int = 0  # 24-bit signed resting potential (decay and leak pull v toward it)
+    v_reset: int = 0  # 24-bit signed, the reset value of reset="value"
+    leak: int = 0  # 23-bit unsigned subtractive leak: |v - v_rest| shrinks by it, never crossing
+    refractory: int = 0  # 8-bit unsigned: steps after a spike in which v is held and no spike occurs
 
 
 class LIFState(NamedTuple):
     u: np.ndarray  # int64 (batch, n), 24-bit wrapped
     v: np.ndarray  # int64 (batch, n), 24-bit saturated
+    ref: np.ndarray  # int64 (batch, n), refractory steps left
 
 
 def lif_init(batch: int, n: int) -> LIFState:
     z = np.zeros((batch, n), np.int64)
-    return LIFState(z, z.copy())
+    return LIFState(z, z.copy(), z.copy())
 
 
 def decay(x: np.ndarray, d: int) -> np.ndarray:
     """trunc(x * (4096 - d) / 4096), rounding toward zero (Lava: sign * (|x| >> 12))."""
     p = x * (DECAY_UNITY - d)
     return np.sign(p) * (np.abs(p) >> 12)
+
+
+def linear_leak(d: np.ndarray, leak: int) -> np.ndarray:
+    """Move d toward 0 by ``leak`` without crossing it: sign(d) * max(|d| - leak, 0)."""
+    return np.sign(d) * np.maximum(np.abs(d) - leak, 0) if leak else d
 
 
 def wrap24(x: np.ndarray) -> np.ndarray:
@@ -58,17 +71,70 @@ def lif_step(p: LIFParams, s: LIFState, a: np.ndarray) -> tuple[LIFState, np.nda
     """One step; ``a`` is this step's synaptic input (integer, batch x n).
 
         u' = wrap24(trunc(u (4096 - du - 1) / 4096) + (a << 6))
-        v' = sat24(trunc(v (4096 - dv) / 4096) + u' + bias)
-        spike = v' > vth << 6;  v' = 0 | v' - (vth << 6) where spiked
+        d  = leak(trunc((v - v_rest) (4096 - dv) / 4096))        leak: |d| -= leak, stop at 0
+        v' = sat24(v_rest + d + u' + bias)                        (v' = v while refractory)
+        spike = v' > vth << 6 (never while refractory)
+        where spiked: v' = 0 | v_reset | v' - (vth << 6);  ref = refractory
     """
     u = wrap24(decay(s.u, p.du + 1) + (a << ACT_SHIFT))
-    v = saturate24(decay(s.v, p.dv) + u + p.bias)
+    v = saturate24(p.v_rest + linear_leak(decay(s.v - p.v_rest, p.dv), p.leak) + u + p.bias)
+    ref = s.ref
+    if p.refractory:
+        held = ref > 0
+        v = np.where(held, s.v, v)
+        ref = np.where(held, ref - 1, ref)
     spike = v > (p.vth << ACT_SHIFT)
+    if p.refractory:
+        spike &= ~held
+        ref = np.where(spike, p.refractory, ref)
     if p.reset == "zero":
         v = np.where(spike, 0, v)
+    elif p.reset == "value":
+        v = np.where(spike, p.v_reset, v)
     else:
         v = np.where(spike, v - (p.vth << ACT_SHIFT), v)
-    return LIFState(u, v), spike
+    return LIFState(u, v, ref), spike
+
+
+class StochasticParams(NamedTuple):
+    """A memoryless stochastic neuron: fires with probability clip(z / (vth << 6), 0, 1)."""
+
+    vth: int  # 17-bit unsigned; vth << 6 is the input that fires with certainty
+    bias: np.ndarray  # int64 (n,), state units
+    seed: int  # 32-bit unsigned; the layer's random stream
+
+
+def stochastic_step(p: StochasticParams, a: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """z = (a << 6) + bias;  spike = z > r,  r uniform in [0, vth << 6) (see uniform_ints),
+    so P(spike) = clip(z / (vth << 6), 0, 1)."""
+    return ((a << ACT_SHIFT) + p.bias) > r
+
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    z = (z + np.uint64(0x9E3779B97F4A7C15)) & _M64
+    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
+    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
+    return z ^ (z >> np.uint64(31))
+
+
+def uniform_ints(seed: int, samples: np.ndarray, step: int, n: int, high: int) -> np.ndarray:
+    """Counter-based random integers in [0, high), a pure function of (seed, sample, step, neuron):
+
+        h = splitmix64(splitmix64(splitmix64(seed) ^ sample) ^ (step << 32 | neuron))
+        r = ((h >> 32) * high) >> 32
+
+    Every backend draws the same numbers, whatever its batching or order of evaluation.
+    Returns int64 (len(samples), n).
+    """
+    with np.errstate(over="ignore"):
+        k = _splitmix64(np.uint64(seed) & _M64)
+        k = _splitmix64(k ^ np.asarray(samples, np.uint64)[:, None])
+        ctr = (np.uint64(step) << np.uint64(32)) | np.arange(n, dtype=np.uint64)[None, :]
+        h = _splitmix64(k ^ ctr)
+        return (((h >> np.uint64(32)) * np.uint64(high)) >> np.uint64(32)).astype(np.int64)
 
 
 def shift(acc: np.ndarray, exp: int) -> np.ndarray:

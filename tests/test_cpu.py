@@ -71,7 +71,7 @@ def test_decay_rounds_toward_zero_and_wrap24():
 
 def test_lif_step_leaky_current():
     p = LIFParams(vth=1000, du=2047, dv=1024, bias=np.zeros(1, np.int64), reset="zero")
-    s = LIFState(np.array([[10000]]), np.array([[20000]]))
+    s = LIFState(np.array([[10000]]), np.array([[20000]]), np.zeros((1, 1), np.int64))
     s2, spk = lif_step(p, s, np.array([[5]]))
     u = int(10000 * (4096 - 2048) / 4096) + (5 << 6)
     v = int(20000 * (4096 - 1024) / 4096) + u
@@ -129,3 +129,38 @@ def test_payload_errors():
         cpu.run(prog, np.full((1, 3, 4), 300))
     with pytest.raises(DataError, match=r"expected values in \[0, 1\]"):
         encode(np.full((1, 4), 2.0), 5, 1, 255)
+
+
+def _trace(p: LIFParams, inputs):
+    s, vs, spikes = LIFState(*(np.zeros((1, 1), np.int64) for _ in range(3))), [], []
+    for a in inputs:
+        s, spk = lif_step(p, s, np.array([[a]]))
+        vs.append(int(s.v[0, 0]))
+        spikes.append(int(spk[0, 0]))
+    return vs, spikes
+
+
+def test_refractory_holds_v_and_blocks_spikes():
+    p = LIFParams(vth=100, du=4095, dv=0, bias=np.zeros(1, np.int64), reset="zero", refractory=2)
+    vs, spikes = _trace(p, [120] * 8)  # 120 << 6 = 7680 > 6400: a spike every step without refractoriness
+    assert spikes == [1, 0, 0, 1, 0, 0, 1, 0]
+    assert vs[:3] == [0, 0, 0] and vs[4] == 0
+
+
+def test_reset_to_value_and_resting_potential():
+    p = LIFParams(vth=100, du=4095, dv=0, bias=np.zeros(1, np.int64), reset="value", v_reset=-1000)
+    vs, spikes = _trace(p, [60, 60, 60])  # 3840 per step
+    assert spikes == [0, 1, 0] and vs == [3840, -1000, 2840]
+    # multiplicative leak toward v_rest = 2000 with dv = 2048 (beta = 1/2)
+    p = LIFParams(vth=1000, du=4095, dv=2048, bias=np.zeros(1, np.int64), reset="zero", v_rest=2000)
+    vs, _ = _trace(p, [0, 0, 0])
+    assert vs == [1000, 1500, 1750]
+
+
+def test_subtractive_leak_stops_at_rest():
+    p = LIFParams(vth=1000, du=4095, dv=0, bias=np.zeros(1, np.int64), reset="zero", leak=1000)
+    vs, _ = _trace(p, [50, 0, 0, 0, 0])  # 3200, then -1000 per step, stopping at 0
+    assert vs == [3200, 2200, 1200, 200, 0]
+    p = LIFParams(vth=1000, du=4095, dv=0, bias=np.zeros(1, np.int64), reset="zero", leak=1000)
+    vs, _ = _trace(p, [-50, 0, 0, 0])
+    assert vs == [-3200, -2200, -1200, -200]
