@@ -50,13 +50,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     hidden = tuple(args.hidden)
     t0 = time.perf_counter()
     extra = {"epochs": args.epochs} if args.epochs else {}
-    model, info = models.train_mlp(splits.train, hidden=hidden, seed=args.seed, **extra)
     calib_out = Path(args.calib_out) if args.calib_out else out.parent / "calib.npz"
     test_out = Path(args.test_out) if args.test_out else out.parent / "test.npz"
-    models.export_onnx(model, out, splits.train.shape)
+    if args.arch == "mlp":
+        if out.suffix.lower() != ".onnx":
+            raise SpikeforgeError(f"-o {out}: an mlp is written as ONNX; expected a name ending in .onnx")
+        model, info = models.train_mlp(splits.train, hidden=hidden, seed=args.seed, **extra)
+        models.export_onnx(model, out, splits.train.shape)
+        acc = models.evaluate_onnx(out, splits.test)
+    else:
+        if out.suffix.lower() != ".sfg":
+            raise SpikeforgeError(
+                f"-o {out}: a recurrent model is written as a spikeforge ANN graph (ONNX cannot express "
+                f"its one-step-delayed recurrence); expected a name ending in .sfg"
+            )
+        model, info = models.train_recurrent(splits.train, hidden=hidden, iterations=args.iterations,
+                                             feedback=not args.no_feedback, seed=args.seed, **extra)
+        models.save_recurrent(model, out)
+        acc = models.evaluate(model, splits.test)
     data.save_npz(calib_out, splits.calib)
     data.save_npz(test_out, splits.test)
-    acc = models.evaluate_onnx(out, splits.test)
     print(f"trained {args.arch} {ds.shape}->{hidden}->{int(ds.y.max()) + 1} on {len(splits.train.y)} samples "
           f"of '{ds.name}' in {time.perf_counter() - t0:.1f} s; test accuracy {100 * acc:.2f}%")
     print(f"wrote {out}, calibration split {calib_out} ({len(splits.calib.y)}), test split {test_out} ({len(splits.test.y)})")
@@ -195,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a rate (clipped-ReLU) network and export it to ONNX")
-    t.add_argument("--arch", choices=("mlp",), default="mlp")
+    t.add_argument("--arch", choices=("mlp", "recurrent"), default="mlp",
+                   help="mlp: feedforward, written as ONNX; recurrent: layer recurrence and feedback, "
+                        "written as a spikeforge ANN graph (.sfg)")
+    t.add_argument("--iterations", type=_positive("--iterations"), default=12,
+                   help="recurrent: iterations K of the rate model (output averaged over them)")
+    t.add_argument("--no-feedback", action="store_true", help="recurrent: no feedback from the next layer")
     t.add_argument("--data", default="digits", help="'digits' (embedded), a .npz with x and y, or an MNIST idx folder")
     t.add_argument("--hidden", type=_positive("--hidden"), nargs="+", default=[128])
     t.add_argument("--epochs", type=_positive("--epochs"), default=None)
