@@ -30,6 +30,11 @@ def _relu(node: ir.ReLU, x: np.ndarray) -> np.ndarray:
     return np.clip(x, 0.0, node.upper if node.upper is not None else np.inf)
 
 
+@EVAL.register(ir.Stochastic)
+def _stochastic_rate(node: ir.Stochastic, x: np.ndarray) -> np.ndarray:
+    return np.clip(x, 0.0, 1.0)
+
+
 @EVAL.register(ir.IF)
 def _if_rate(node: ir.IF, x: np.ndarray) -> np.ndarray:
     return np.clip(x / node.v_threshold, 0.0, 1.0)

@@ -86,12 +86,24 @@ def normalize(graph: ir.Graph, calib_x: np.ndarray, method: Normalization = "per
 
 
 # -- ReLU -> IF --------------------------------------------------------------------------------
-def relu_to_if(graph: ir.Graph, reset: ir.Reset = "subtract") -> ir.Graph:
-    """Each ReLU becomes IF(v_threshold=1, reset); a final Affine gets a readout IF layer."""
+NEURON_KINDS = ("if", "stochastic")
+
+
+def relu_to_if(graph: ir.Graph, reset: ir.Reset = "subtract", neuron: str = "if", seed: int = 0) -> ir.Graph:
+    """Each ReLU becomes IF(v_threshold=1, reset), or with ``neuron='stochastic'`` a
+    Stochastic neuron (seeded per layer from ``seed``); a final Affine gets a readout IF layer."""
     if reset not in ir.RESETS:
         raise SpikeforgeError(f"reset: expected one of {ir.RESETS}, found {reset!r}")
+    if neuron not in NEURON_KINDS:
+        raise SpikeforgeError(f"neuron: expected one of {NEURON_KINDS}, found {neuron!r}")
     _check_graph(graph, (ir.Input, ir.Flatten, ir.Affine, ir.ReLU, ir.Output), "relu_to_if")
-    nodes = [ir.IF(n.name, n.size, 1.0, reset) if isinstance(n, ir.ReLU) else n for n in graph.nodes]
+
+    def spiking(i: int, n: ir.ReLU) -> ir.Node:
+        if neuron == "stochastic":
+            return ir.Stochastic(n.name, n.size, seed=(seed * 1_000_003 + i + 1) % 2**32)
+        return ir.IF(n.name, n.size, 1.0, reset)
+
+    nodes = [spiking(i, n) if isinstance(n, ir.ReLU) else n for i, n in enumerate(graph.nodes)]
     edges = list(graph.edges)
     out = graph.output
     (pred,) = graph.predecessors(out.name)
@@ -141,7 +153,7 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
     8-bit range; the bias becomes  round(b vth 64 / theta) = bias_mant << bias_exp  in state
     units. The per-layer report is stored in the graph's metadata under "quantization".
     """
-    _check_graph(graph, (ir.Input, ir.Flatten, ir.Affine, ir.IF, ir.Output), "quantize")
+    _check_graph(graph, (ir.Input, ir.Flatten, ir.Affine, ir.IF, ir.Stochastic, ir.Output), "quantize")
     if not 1 <= payload_bits <= 8:
         raise SpikeforgeError(f"payload_bits: expected 1..8, found {payload_bits}")
     payload_max = 2**payload_bits - 1
@@ -157,9 +169,9 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
 
     for name in graph.topological_order():
         node = nodes[name]
-        if not isinstance(node, ir.IF):
+        if not isinstance(node, (ir.IF, ir.Stochastic)):
             continue
-        theta = node.v_threshold
+        theta = node.v_threshold if isinstance(node, ir.IF) else 1.0
         incoming = [nodes[p] for p in graph.predecessors(name)]
         scaled = []
         for aff in incoming:
@@ -191,8 +203,12 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
         mant = np.rint(bias_v / 2.0**bias_exp)
         sat = int(((mant > mant_hi) | (mant < ir.BITS["bias_mant"].lo)).sum())
         mant = np.clip(mant, ir.BITS["bias_mant"].lo, mant_hi).astype(np.int64)
-        new[name] = ir.FixedLIF(name, node.size, vth=vth, du=4095, dv=0, bias_mant=mant,
-                                bias_exp=bias_exp, reset=node.reset)
+        if isinstance(node, ir.Stochastic):
+            new[name] = ir.FixedStochastic(name, node.size, vth=vth, bias_mant=mant, bias_exp=bias_exp,
+                                           seed=node.seed)
+        else:
+            new[name] = ir.FixedLIF(name, node.size, vth=vth, du=4095, dv=0, bias_mant=mant,
+                                    bias_exp=bias_exp, reset=node.reset)
         reports.append(LayerReport(name, node.size, synapses, tuple(exps), vth, bias_exp,
                                    clipped, zeroed, sat, max_input))
     out_nodes = [new.get(n.name, n) for n in graph.nodes]
@@ -208,12 +224,12 @@ def layer_reports(graph: ir.Graph) -> list[LayerReport]:
 
 def convert(ann: ir.Graph, calib_x: np.ndarray, reset: ir.Reset = "subtract",
             normalization: Normalization = "percentile", percentile: float = 99.9,
-            payload_bits: int = 8) -> ir.Graph:
+            payload_bits: int = 8, neuron: str = "if", seed: int = 0) -> ir.Graph:
     """The whole pipeline: normalize -> relu_to_if -> quantize."""
     g = normalize(ann, calib_x, normalization, percentile)
-    g = relu_to_if(g, reset)
+    g = relu_to_if(g, reset, neuron, seed)
     g = quantize(g, payload_bits)
-    return g.with_metadata(reset=reset)
+    return g.with_metadata(reset=reset, neuron=neuron)
 
 
 def summary(graph: ir.Graph) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     ann = _import_model(model)
     calib = _load_data(args.calib, None)
     snn = convert(ann, calib.x.reshape(len(calib.x), -1), reset=args.reset, normalization=args.normalize,
-                  percentile=args.percentile).with_metadata(source=str(model))
+                  percentile=args.percentile, neuron=args.neuron, seed=args.seed).with_metadata(source=str(model))
     reports = layer_reports(snn)
     out = Path(args.output)
     graphio.save(out, snn=snn, ann=ann)
@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
     c.add_argument("--normalize", choices=("percentile", "max", "none"), default="percentile")
     c.add_argument("--percentile", type=float, default=99.9)
+    c.add_argument("--neuron", choices=("if", "stochastic"), default="if",
+                   help="hidden neurons: integrate-and-fire, or stochastic (fire with probability clip(I, 0, 1))")
+    c.add_argument("--seed", type=int, default=0, help="stochastic neurons' random streams")
     c.add_argument("--json", action="store_true")
     c.add_argument("-o", "--output", required=True)
     c.set_defaults(fn=cmd_convert)

@@ -248,6 +248,28 @@ class IF(Node):
 
 
 @dataclass(frozen=True, eq=False)
+class Stochastic(Node):
+    """Memoryless stochastic neuron: fires on each step with probability clip(I, 0, 1), I its
+    input current (weights times the previous step's spikes, plus bias). Its mean is a
+    clipped ReLU of the mean input; quantized to :class:`FixedStochastic`."""
+
+    size: int
+    seed: int = 0
+
+    @property
+    def in_size(self) -> int:
+        return self.size
+
+    @property
+    def out_size(self) -> int:
+        return self.size
+
+    def validate(self) -> None:
+        super().validate()
+        BITS["seed"].check(f"{self.where()} seed", self.seed)
+
+
+@dataclass(frozen=True, eq=False)
 class FixedAffine(Node):
     """Loihi 2 dense synapses: a = floor(sum_j w_ij * s_j * 2**weight_exp).
 
@@ -416,7 +438,7 @@ class FixedStochastic(Node):
 #: Node types that carry synaptic weights (their input arrives one step later).
 SYNAPSES: tuple[type, ...] = (Affine, FixedAffine)
 #: Node types that hold state and spike (or, for ReLU, the ANN activation they replace).
-NEURONS: tuple[type, ...] = (ReLU, IF, FixedLIF, FixedStochastic)
+NEURONS: tuple[type, ...] = (ReLU, IF, Stochastic, FixedLIF, FixedStochastic)
 #: Spiking neurons of a quantized graph.
 FIXED_NEURONS: tuple[type, ...] = (FixedLIF, FixedStochastic)
 #: Nodes a quantized (deployable) graph is made of.
