@@ -40,6 +40,7 @@ from spikeforge import ir
 from spikeforge.backends.base import Backend, RunResult
 from spikeforge.errors import BackendUnavailable, DataError, SpikeforgeError, UnsupportedError
 from spikeforge.network import Network, Projection
+from spikeforge.neuron import uniform_ints
 
 TARGETS = ("numpy", "cython")
 MODES = ("batch", "concat")
@@ -100,10 +101,12 @@ class Brian2Backend(Backend):
                     "use Brian2Backend(target='numpy')"
                 )
         for layer in net.layers:
-            if not isinstance(layer.node, ir.FixedLIF):  # pragma: no cover - lowering guarantees it
-                raise UnsupportedError(f"{layer.node.where()}: the brian2 backend runs FixedLIF layers only")
-            if layer.node.reset not in ("zero", "subtract"):  # pragma: no cover - IR validates it
-                raise UnsupportedError(f"{layer.node.where()}: reset '{layer.node.reset}' is not supported")
+            node = layer.node
+            if not isinstance(node, (ir.FixedLIF, ir.FixedStochastic)):  # pragma: no cover - lowering
+                raise UnsupportedError(f"{node.where()}: the brian2 backend runs FixedLIF and "
+                                       f"FixedStochastic layers only")
+            if isinstance(node, ir.FixedLIF) and node.reset not in ir.FIXED_RESETS:  # pragma: no cover
+                raise UnsupportedError(f"{node.where()}: reset '{node.reset}' is not supported")
         nnz = {}
         for proj in net.projections:
             w = np.asarray(proj.weight)
@@ -167,18 +170,39 @@ def _check_payloads(net: Network, payloads: np.ndarray) -> np.ndarray:
 
 
 # -- the Brian2 model ----------------------------------------------------------------------
-def _layer_equations(n_in: int, window: bool) -> str:
-    lines = ["u : integer", "v : integer", "bias : integer (constant)",
-             "fu : integer (constant, shared)",  # 4096 - du - 1
-             "fv : integer (constant, shared)",  # 4096 - dv
-             "vth : integer (constant, shared)"]  # vth << 6
+def _input_equations(n_in: int, window: bool) -> list[str]:
+    lines = []
     for k in range(n_in):
         lines += [f"acc_{k} : integer",
                   f"mul_{k} : integer (constant, shared)",  # 2**max(exp, 0)
                   f"div_{k} : integer (constant, shared)"]  # 2**max(-exp, 0)
     if window:
         lines.append("window : integer (constant, shared)")
-    return "\n".join(lines)
+    return lines
+
+
+def _lif_equations(node: ir.FixedLIF, n_in: int, window: bool) -> str:
+    lines = ["u : integer", "v : integer", "bias : integer (constant)",
+             "fu : integer (constant, shared)",  # 4096 - du - 1
+             "fv : integer (constant, shared)",  # 4096 - dv
+             "vth : integer (constant, shared)",  # vth << 6
+             "vrest : integer (constant, shared)"]
+    if node.reset == "value":
+        lines.append("vreset : integer (constant, shared)")
+    if node.leak:
+        lines.append("leak : integer (constant, shared)")
+    if node.refractory:
+        lines += ["ref : integer",  # refractory steps left
+                  "held : integer",  # 1 on a refractory step: v held, no spike
+                  "refr : integer (constant, shared)"]
+    return "\n".join(lines + _input_equations(n_in, window))
+
+
+def _stochastic_equations(n_in: int, window: bool) -> str:
+    lines = ["z : integer",  # (a << 6) + bias
+             "r : integer",  # this step's draw in [0, vth << 6)
+             "bias : integer (constant)"]
+    return "\n".join(lines + _input_equations(n_in, window))
 
 
 def _trunc4096(x: str) -> str:
@@ -186,30 +210,75 @@ def _trunc4096(x: str) -> str:
     return f"(int({x} >= 0) * ({x} // 4096) - int({x} < 0) * ((-{x}) // 4096))"
 
 
-def _layer_update(n_in: int, window: bool) -> str:
-    """The neuron update, run at ``when='start'`` (spikeforge.neuron.lif_step, integers).
-
-    ``a`` is the sum over incoming projections of floor(acc_k * 2**exp_k): each
-    projection's shift applies to its own sum. With ``window`` (concat mode) the state
-    and the input are dropped at the first step of every sample window.
-    """
+def _input_code(n_in: int, window: bool) -> list[str]:
+    """``a`` is the sum over incoming projections of floor(acc_k * 2**exp_k): each
+    projection's shift applies to its own sum. With ``window`` (concat mode) the input is
+    dropped at the first step of every sample window (``keep`` = 0)."""
     terms = " + ".join(f"(acc_{k} * mul_{k}) // div_{k}" for k in range(n_in))
-    keep = "keep * " if window else ""
     code = []
     if window:
         code.append("keep = 1 - int(t_in_timesteps % window == 0)")
-    code.append(f"a_in = {keep}({terms})")
+    code.append(f"a_in = {'keep * ' if window else ''}({terms})")
     code += [f"acc_{k} = 0" for k in range(n_in)]
+    return code
+
+
+def _lif_update(node: ir.FixedLIF, n_in: int, window: bool) -> str:
+    """The neuron update, run at ``when='start'`` (spikeforge.neuron.lif_step, integers only;
+    no sign()/abs(), which the cython target does not provide for integers).
+
+    With ``window`` (concat mode) the state (u, v, ref) is zero at the first step of every
+    sample window. Threshold (``v > vth``, not while ``held``) and reset are Brian2's.
+    """
+    keep = "keep * " if window else ""
+    code = _input_code(n_in, window)
     code += [
         f"p_u = {keep}u * fu",
         f"x_u = {_trunc4096('p_u')} + a_in * 64",
+        # wrap24: a value > 2**23 loses 2**24; then a value <= -2**23 gains 2**24 (from x)
         f"w_u = x_u - {_FULL} * int(x_u > {_HALF})",
         f"u = w_u + int(w_u <= -{_HALF}) * (x_u + {_FULL} - w_u)",
-        f"p_v = {keep}v * fv",
-        f"x_v = {_trunc4096('p_v')} + u + bias",
-        f"v = x_v - int(x_v > {_HALF - 1}) * (x_v - {_HALF - 1}) - int(x_v < -{_HALF - 1}) * (x_v + {_HALF - 1})",
+        f"v_old = {keep}v",
+        "p_v = (v_old - vrest) * fv",
+        f"d_v = {_trunc4096('p_v')}",
     ]
+    if node.leak:
+        # linear leak: |d| shrinks by leak, stopping at 0 (sign(d) * max(|d| - leak, 0))
+        code.append("d_v = int(d_v > leak) * (d_v - leak) + int(d_v < -leak) * (d_v + leak)")
+    code += [
+        "x_v = vrest + d_v + u + bias",
+        f"s_v = x_v - int(x_v > {_HALF - 1}) * (x_v - {_HALF - 1}) - int(x_v < -{_HALF - 1}) * (x_v + {_HALF - 1})",
+    ]
+    if node.refractory:
+        code += [
+            f"ref_old = {keep}ref",
+            "held = int(ref_old > 0)",
+            "v = s_v + held * (v_old - s_v)",
+            "ref = ref_old - held",
+        ]
+    else:
+        code.append("v = s_v")
     return "\n".join(code)
+
+
+def _lif_threshold_reset(node: ir.FixedLIF) -> tuple[str, str]:
+    threshold = "v > vth and held == 0" if node.refractory else "v > vth"
+    reset = {"zero": "v = 0", "value": "v = vreset", "subtract": "v -= vth"}[node.reset]
+    if node.refractory:
+        reset += "\nref = refr"
+    return threshold, reset
+
+
+def _stochastic_update(n_in: int, window: bool, draws: str) -> str:
+    """Memoryless: z = (a << 6) + bias, and this step's draw r (computed outside, by
+    spikeforge.neuron.uniform_ints) read from the TimedArray ``draws``; threshold z > r."""
+    code = _input_code(n_in, window)
+    code += ["z = a_in * 64 + bias", f"r = int({draws}(t, i))"]
+    return "\n".join(code)
+
+
+def _draws_name(li: int) -> str:
+    return f"sf_draws{li}"
 
 
 class _Model:
@@ -241,33 +310,51 @@ class _Model:
         common = dict(clock=self.clock, codeobj_class=codeobj)
         self.payload = b2.TimedArray(np.zeros((1, copies * net.input.size)), dt=self.dt, name="sf_payload")
         # Input: integer payload p per step; "spikes" where p > 0 (graded spike p).
-        self.inp = b2.NeuronGroup(copies * net.input.size, "p : integer", threshold="p > 0", reset="",
+        self.inp = b2.NeuronGroup(copies * net.input.size, "p : integer", threshold="p > 0", reset=None,
                                   namespace={"sf_payload": self.payload}, dtype={"p": _INT},
                                   name="sf_input", **common)
         self.inp.run_regularly("p = int(sf_payload(t, i))", when="start", name="sf_input_read",
                                codeobj_class=codeobj)
         groups = {net.input.name: self.inp}
         self.layers = {}
+        self.draws: dict[str, Any] = {}  # stochastic layer name -> its TimedArray of draws
+        win = window is not None
         for li, layer in enumerate(net.layers):
             node, incoming = layer.node, net.incoming(layer.name)
-            eqs = _layer_equations(len(incoming), window is not None)
+            namespace: dict[str, Any] = {}
+            if layer.stochastic:
+                draws = _draws_name(li)
+                namespace[draws] = b2.TimedArray(np.zeros((1, copies * layer.size)), dt=self.dt, name=draws)
+                self.draws[layer.name] = namespace[draws]
+                eqs = _stochastic_equations(len(incoming), win)
+                threshold, reset = "z > r", None
+                update = _stochastic_update(len(incoming), win, draws)
+            else:
+                eqs = _lif_equations(node, len(incoming), win)
+                threshold, reset = _lif_threshold_reset(node)
+                update = _lif_update(node, len(incoming), win)
             names = [line.split(":")[0].strip() for line in eqs.splitlines()]
-            g = b2.NeuronGroup(
-                copies * layer.size, eqs, threshold="v > vth",
-                reset="v = 0" if node.reset == "zero" else "v -= vth",
-                namespace={}, dtype={name: _INT for name in names}, name=f"sf_layer{li}", **common,
-            )
-            g.fu = 4096 - node.du - 1
-            g.fv = 4096 - node.dv
-            g.vth = node.vth_scaled
+            g = b2.NeuronGroup(copies * layer.size, eqs, threshold=threshold, reset=reset,
+                               namespace=namespace, dtype={name: _INT for name in names},
+                               name=f"sf_layer{li}", **common)
             g.bias = np.tile(np.asarray(node.bias, _INT), copies)
+            if not layer.stochastic:
+                g.fu = 4096 - node.du - 1
+                g.fv = 4096 - node.dv
+                g.vth = node.vth_scaled
+                g.vrest = node.v_rest
+                if node.reset == "value":
+                    g.vreset = node.v_reset
+                if node.leak:
+                    g.leak = node.leak
+                if node.refractory:
+                    g.refr = node.refractory
             for k, proj in enumerate(incoming):
                 setattr(g, f"mul_{k}", 2 ** max(proj.weight_exp, 0))
                 setattr(g, f"div_{k}", 2 ** max(-proj.weight_exp, 0))
-            if window is not None:
+            if win:
                 g.window = window
-            g.run_regularly(_layer_update(len(incoming), window is not None), when="start",
-                            name=f"sf_layer{li}_update", codeobj_class=codeobj)
+            g.run_regularly(update, when="start", name=f"sf_layer{li}_update", codeobj_class=codeobj)
             groups[layer.name] = g
             self.layers[layer.name] = g
         self.synapses = []
@@ -295,13 +382,23 @@ class _Model:
         self.network = b2.Network(*objs, name="sf_network")
         self.network.store("init")
 
-    def run(self, values: np.ndarray) -> None:
-        """Run from the initial state with payload rows ``values`` (steps, copies * n_in)."""
+    def run(self, values: np.ndarray, draws: dict[str, np.ndarray] | None = None) -> None:
+        """Run from the initial state with payload rows ``values`` (steps, copies * n_in)
+        and, per stochastic layer, the draws ``draws[name]`` (steps, copies * n)."""
+        draws = {} if draws is None else draws
+        missing = [l.name for l in self.net.layers if l.stochastic and l.name not in draws]
+        if missing:  # pragma: no cover - the backend always passes them
+            raise SpikeforgeError(f"brian2 model: no draws given for stochastic layers {missing}")
         b2 = _import_brian2()
         with _brian2_quiet():
             self.network.restore("init")
             self.payload = b2.TimedArray(values.astype(np.float64), dt=self.dt, name="sf_payload")
             self.inp.namespace["sf_payload"] = self.payload
+            for li, layer in enumerate(self.net.layers):
+                if layer.stochastic:
+                    name = _draws_name(li)
+                    ta = b2.TimedArray(draws[layer.name].astype(np.float64), dt=self.dt, name=name)
+                    self.draws[layer.name] = self.layers[layer.name].namespace[name] = ta
             self.network.run(values.shape[0] * self.dt, namespace={}, report=None)
 
     def spikes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -328,6 +425,17 @@ def _batch_size(program: Brian2Program, batch: int) -> int:
     return max(1, min(batch, program.max_synapses // per_copy))
 
 
+def _draws(layer, samples: np.ndarray, steps: int) -> np.ndarray:
+    """A stochastic layer's draws r, int64 (len(samples), steps, n): step t of sample s is
+    spikeforge.neuron.uniform_ints(seed, s, t), the counter-based stream every backend uses
+    (s is the index of the sample in the run's batch, t the step in its window)."""
+    p = layer.params
+    out = np.empty((len(samples), steps, layer.size), _INT)
+    for t in range(steps):
+        out[:, t] = uniform_ints(p.seed, samples, t, layer.size, p.vth << 6)
+    return out
+
+
 def _run_batched(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_final: np.ndarray) -> None:
     net = program.net
     batch, steps, n_in = payloads.shape
@@ -338,7 +446,10 @@ def _run_batched(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_f
         used = chunk.shape[0]
         values = np.zeros((steps, copies, n_in), _INT)  # padding copies get no input
         values[:, :used] = chunk.transpose(1, 0, 2)
-        model.run(values.reshape(steps, copies * n_in))
+        draws = {layer.name: _draws(layer, np.arange(start, start + copies), steps)
+                 .transpose(1, 0, 2).reshape(steps, copies * layer.size)
+                 for layer in net.layers if layer.stochastic}  # padding copies: unused draws
+        model.run(values.reshape(steps, copies * n_in), draws)
         for layer in net.layers:
             idx, step = model.spikes(layer.name)
             b, j = np.divmod(idx, layer.size)
@@ -352,7 +463,9 @@ def _run_concat(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_fi
     net = program.net
     batch, steps, n_in = payloads.shape
     model = _Model(program, 1, steps)
-    model.run(payloads.reshape(batch * steps, n_in))
+    draws = {layer.name: _draws(layer, np.arange(batch), steps).reshape(batch * steps, layer.size)
+             for layer in net.layers if layer.stochastic}
+    model.run(payloads.reshape(batch * steps, n_in), draws)
     for layer in net.layers:
         idx, step = model.spikes(layer.name)
         b, k = np.divmod(step, steps)

@@ -1,0 +1,1 @@
+"""Lava Processes and ProcessModels of spikeforge (imports lava; only process code here)."""

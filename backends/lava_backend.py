@@ -1,0 +1,515 @@
+"""The lava backend: Lava 0.10's bit-accurate Loihi 2 simulation (``Loihi2SimCfg``, tag
+``fixed_pt``), spike for spike equal to the cpu backend.
+
+Lowering (one Lava Process per IR layer and projection):
+
+* Projection (FixedAffine) -> ``lava.proc.dense.process.Dense`` with weights ``2 w`` (9-bit
+  signed, in [-256, 254]), ``weight_exp - 1``, ``num_weight_bits = 8`` and sign mode forced
+  to MIXED. Lava's Dense clips to 8 bits and drops ``8 - num_weight_bits + is_mixed`` low
+  bits, so mixed-sign ``w`` loses its lowest bit and an all-negative matrix holding -128 is
+  clipped to -255/2; ``2 w`` with MIXED is exact for every matrix:
+  ``a = floor(sum_j 2 w_ij s_j 2**(weight_exp - 1))``, sent one step later.
+* Input -> ``lava.proc.io.source.RingBuffer`` (int32) of all samples' payloads concatenated
+  along time, feeding Dense with ``num_message_bits = payload bits`` (graded, 8-bit).
+* Layer (FixedLIF) -> :class:`~spikeforge.backends.lava_procs.process.SpikeforgeLIF`, whose
+  fixed_pt model reuses Lava's ``AbstractPyLifModelFixed`` arithmetic and zeroes u, v and
+  the synaptic input at the first step of each sample's window, so one run of
+  ``batch * steps`` steps equals ``batch`` fresh runs.
+* Spikes are recorded by ``SpikeRecorder`` (52 steps per int64 word) and the readout's v by
+  ``WindowRecorder`` (v at each window's last step): a Lava Var.get moves one element per
+  message (~30 us), which made plain RingBuffer sinks the slowest part of a run.
+
+``LavaBackend(neuron="stock")`` uses Lava's own ``LIF`` (``PyLifModelBitAcc``) instead, for
+reset='zero' layers only, one ``run(steps)`` per sample with u, v and every Dense ``a_buff``
+set to 0 between samples (Var.set); it shows that the arithmetic above is Lava's.
+
+Each chunk of samples runs in a forked child process group with a timeout (``isolate=True``,
+the default): a failure inside a Lava ProcessModel surfaces as one-line
+:class:`SpikeforgeError`, and a hung runtime is killed instead of hanging the caller.
+Lava is imported only inside functions.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from spikeforge import ir
+from spikeforge.backends.base import Backend, RunResult
+from spikeforge.backends.cpu import check_payloads
+from spikeforge.errors import BackendUnavailable, SpikeforgeError, UnsupportedError
+from spikeforge.network import Network
+
+Neuron = Literal["spikeforge", "stock"]
+NEURONS: tuple[str, ...] = ("spikeforge", "stock")
+
+#: Lava's fixed_pt models add (a << 6) and the 24-bit state in int32 (numpy, wrapping
+#: silently): a layer's summed synaptic input |a| must stay below this bound to match the
+#: cpu backend's int64 arithmetic (2**31 > 64 |a| + 2**24 (u) + 2**24 (v) + 2**19 (bias)).
+A_MAX = (2**31 - 2**25 - 2**19) >> 6
+#: A Dense accumulator (sum_j |2 w_ij| s_j before its shift) must fit in int32.
+ACC_MAX = 2**31 - 1
+SPIKES_PER_WORD = 52  # must equal lava_procs.process.SPIKES_PER_WORD
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One FixedLIF layer as Lava gets it (all integers with their Loihi 2 widths)."""
+
+    name: str
+    size: int
+    vth: int  # 17-bit unsigned
+    du: int  # 12-bit unsigned
+    dv: int  # 12-bit unsigned
+    bias_mant: np.ndarray  # 13-bit signed per neuron
+    bias_exp: int  # 3-bit unsigned
+    reset: int  # 0 = zero, 1 = subtract
+    readout: bool
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """One projection as a Lava Dense: weights 2w (9-bit signed, even), weight_exp - 1."""
+
+    name: str
+    src: str
+    dst: str
+    weights: np.ndarray  # int32 (dst, src), in [-256, 254]
+    weight_exp: int  # IR weight_exp - 1, in [-9, 6]
+    num_message_bits: int  # 0 for binary spikes, payload bits (<= 8) for the Input
+
+
+@dataclass(frozen=True)
+class LavaProgram:
+    net: Network
+    layers: tuple[LayerSpec, ...]
+    denses: tuple[DenseSpec, ...]
+    neuron: str
+    hardware: bool = False
+
+
+class LavaBackend(Backend):
+    """Loihi 2 bit-accurate simulation with Lava 0.10 (CPU, ``Loihi2SimCfg('fixed_pt')``).
+
+    Options: ``neuron`` 'spikeforge' (own LIF process: reset zero or subtract, all samples
+    in one run) or 'stock' (Lava's LIF, reset zero, one run per sample); ``isolate`` runs
+    Lava in a forked child process group killed after ``timeout`` seconds (default
+    120 + 0.05 s per step); ``chunk_steps`` caps the steps (samples x steps) per build.
+    """
+
+    name = "lava"
+
+    def __init__(self, neuron: Neuron = "spikeforge", isolate: bool = True,
+                 timeout: float | None = None, chunk_steps: int = 20_000) -> None:
+        if neuron not in NEURONS:
+            raise SpikeforgeError(
+                f"lava backend: neuron expected one of {NEURONS}, found {neuron!r}")
+        if chunk_steps < 1:
+            raise SpikeforgeError(f"lava backend: chunk_steps expected >= 1, found {chunk_steps}")
+        self.neuron = neuron
+        self.isolate = isolate
+        self.timeout = timeout
+        self.chunk_steps = chunk_steps
+
+    # -- compile -----------------------------------------------------------------------
+    def compile(self, graph: ir.Graph, **options: Any) -> LavaProgram:
+        """Lower ``graph`` and check that Lava expresses every layer exactly."""
+        net = self.lower(graph)
+        program = build_program(net, graph, self.neuron)
+        import_lava()
+        return program
+
+    # -- run ---------------------------------------------------------------------------
+    def run(self, program: LavaProgram, payloads: np.ndarray) -> RunResult:
+        """payloads int (batch, steps, inputs), 8-bit -> spikes of every layer, v_final."""
+        net = program.net
+        p = check_payloads(net, payloads).astype(np.int32)
+        batch, steps, _ = p.shape
+        ro = net.layer(net.readout)
+        if batch == 0 or steps == 0:
+            spikes = {l.name: np.zeros((batch, steps, l.size), bool) for l in net.layers}
+            return RunResult(spikes, np.zeros((batch, ro.size), np.int64), net.readout,
+                             ro.node.vth_scaled)
+        import_lava()
+        per_chunk = max(1, self.chunk_steps // steps)
+        parts = []
+        for start in range(0, batch, per_chunk):
+            chunk = p[start:start + per_chunk]
+            timeout = self.timeout
+            if timeout is None:
+                timeout = 120 + 0.05 * chunk.shape[0] * steps
+            if self.isolate:
+                parts.append(run_isolated(execute, (program, chunk), timeout))
+            else:
+                parts.append(execute(program, chunk, timeout=timeout))
+        spikes = {l.name: np.concatenate([s[l.name] for s, _ in parts]) for l in net.layers}
+        v_final = np.concatenate([v for _, v in parts]).astype(np.int64)
+        return RunResult(spikes, v_final, net.readout, ro.node.vth_scaled)
+
+
+def import_lava() -> None:
+    """Import Lava in this process (before any fork: importing lava calls
+    multiprocessing.set_start_method('fork'), which fails once a start method is set)."""
+    try:
+        import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"lava backend needs lava-nc 0.10 (pip install lava-nc==0.10.0); found: {exc}"
+        ) from None
+    except RuntimeError as exc:
+        raise SpikeforgeError(
+            f"lava: importing Lava failed ({exc}); Lava sets the multiprocessing "
+            f"start method to 'fork' and must be imported before anything sets another"
+        ) from None
+    import spikeforge.backends.lava_procs.models  # noqa: F401
+    from spikeforge.backends.lava_procs.process import SPIKES_PER_WORD as recorded
+
+    assert recorded == SPIKES_PER_WORD, "lava_procs and lava_backend disagree on word size"
+
+
+# -- program ---------------------------------------------------------------------------
+def build_program(net: Network, graph: ir.Graph, neuron: str,
+                  hardware: bool = False) -> LavaProgram:
+    """Network -> Lava specs. Raises UnsupportedError naming the node and parameter that
+    Lava cannot express exactly."""
+    layers = []
+    for layer in net.layers:
+        n = layer.node
+        if neuron == "stock" and n.reset != "zero":
+            raise UnsupportedError(
+                f"{n.where()}: reset='{n.reset}': Lava's stock LIF resets to zero only; "
+                f"use neuron='spikeforge'"
+            )
+        for key in ("vth", "du", "dv", "bias_exp"):
+            ir.BITS[key].check(f"{n.where()} {key}", getattr(n, key))
+        ir.BITS["bias_mant"].check(f"{n.where()} bias_mant", n.bias_mant)
+        layers.append(LayerSpec(layer.name, n.size, int(n.vth), int(n.du), int(n.dv),
+                                n.bias_mant.astype(np.int32), int(n.bias_exp),
+                                0 if n.reset == "zero" else 1, layer.name == net.readout))
+    denses = []
+    a_bound = {l.name: 0 for l in net.layers}
+    for proj in net.projections:
+        node = graph.node(proj.name)
+        max_in = net.input.payload_max if proj.graded else 1
+        acc = int(np.abs(2 * proj.weight).sum(axis=1).max(initial=0)) * max_in
+        if acc > ACC_MAX:
+            raise UnsupportedError(
+                f"{node.where()}: weight: Lava's Dense accumulates in int32; the sum of "
+                f"|2 w| x {max_in} reaches {acc} > {ACC_MAX}"
+            )
+        exp = proj.weight_exp - 1  # Lava's shift of the 2w sums
+        a_bound[proj.dst] += acc << exp if exp >= 0 else acc >> -exp
+        denses.append(DenseSpec(proj.name, proj.src, proj.dst, (2 * proj.weight).astype(np.int32),
+                                int(proj.weight_exp) - 1,
+                                net.input.payload_max.bit_length() if proj.graded else 0))
+    for layer in net.layers:
+        if a_bound[layer.name] > A_MAX:
+            raise UnsupportedError(
+                f"{layer.node.where()}: synaptic input: Lava's LIF computes a << 6 in int32; "
+                f"worst-case |a| = {a_bound[layer.name]} exceeds {A_MAX} "
+                f"(lower the weight_exp of its projections)"
+            )
+    return LavaProgram(net, tuple(layers), tuple(denses), neuron, hardware)
+
+
+# -- execution (imports lava) -------------------------------------------------------------
+class LavaRunError(SpikeforgeError):
+    """A Lava ProcessModel raised during a run (message: its exception, one line)."""
+
+
+def execute(program: LavaProgram, payloads: np.ndarray,
+            on_error: Callable[[BaseException], None] | None = None,
+            timeout: float | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Build the Lava network for these samples, run it, read the recorders, stop.
+
+    payloads int32 (batch, steps, inputs) -> ({layer: bool (batch, steps, n)}, v_final
+    int (batch, n_readout)). On a failure ``on_error(exc)`` is called first, then the
+    runtime's processes are killed (``stop()`` hangs after a ProcessModel exception).
+    ``timeout`` (seconds) bounds the runs when Lava runs in this process.
+    """
+    deadline = None if timeout is None else (time.monotonic() + timeout, timeout)
+    if program.neuron == "stock":
+        return _execute_stock(program, payloads, on_error, deadline)
+    from spikeforge.backends.lava_procs.process import SpikeforgeLIF, WindowRecorder
+
+    batch, steps, _ = payloads.shape
+    lifs = {
+        l.name: SpikeforgeLIF(shape=(l.size,), vth=l.vth, du=l.du, dv=l.dv,
+                              bias_mant=l.bias_mant, bias_exp=l.bias_exp, reset=l.reset,
+                              window=steps, readout=l.readout, name=l.name)
+        for l in program.layers
+    }
+    src, recorders, _ = _wire(program, payloads, lifs)
+    ro = lifs[program.net.readout]
+    v_rec = WindowRecorder(shape=(ro.a_in.shape[0],), window=steps, windows=batch)
+    ro.v_out.connect(v_rec.a_in)
+    try:
+        _run_watched(src, batch * steps, _run_cfg(program.hardware), deadline)
+        spikes = {name: _unpack(rec.data.get(), batch, steps) for name, rec in recorders.items()}
+        v_final = v_rec.data.get().T.astype(np.int64)
+    except BaseException as exc:
+        if on_error is not None:
+            on_error(exc)
+        _abort(src)
+        raise
+    src.stop()
+    return spikes, v_final
+
+
+def _execute_stock(program: LavaProgram, payloads: np.ndarray,
+                   on_error: Callable[[BaseException], None] | None,
+                   deadline: tuple[float, float] | None
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Lava's stock LIF: one run(steps) per sample; between samples u, v and every Dense
+    a_buff are set to 0 (the source RingBuffer moves on to the next sample's payloads)."""
+    from lava.proc.lif.process import LIF
+
+    batch, steps, _ = payloads.shape
+    lifs = {
+        l.name: LIF(shape=(l.size,), vth=l.vth, du=l.du, dv=l.dv, bias_mant=l.bias_mant,
+                    bias_exp=l.bias_exp, name=l.name)
+        for l in program.layers
+    }
+    src, recorders, denses = _wire(program, payloads, lifs)
+    ro = lifs[program.net.readout]
+    v_final = np.zeros((batch, ro.v.shape[0]), np.int64)
+    cfg = _run_cfg(program.hardware)
+    try:
+        for b in range(batch):
+            if b:
+                for lif in lifs.values():
+                    lif.u.set(np.zeros(lif.u.shape, np.int32))
+                    lif.v.set(np.zeros(lif.v.shape, np.int32))
+                for d in denses:
+                    d.a_buff.set(np.zeros(d.a_buff.shape, np.int32))
+            _run_watched(src, steps, cfg, deadline)
+            v_final[b] = ro.v.get().astype(np.int64)
+        spikes = {name: _unpack(rec.data.get(), batch, steps) for name, rec in recorders.items()}
+    except BaseException as exc:
+        if on_error is not None:
+            on_error(exc)
+        _abort(src)
+        raise
+    src.stop()
+    return spikes, v_final
+
+
+def _run_watched(proc: Any, num_steps: int, run_cfg: Any,
+                 deadline: tuple[float, float] | None = None, poll: float = 0.05) -> None:
+    """``proc.run(RunSteps(num_steps))`` that raises LavaRunError as soon as a ProcessModel
+    dies, or once ``time.monotonic()`` passes ``deadline`` = (monotonic time, timeout in
+    seconds). (Lava 0.10's blocking run then
+    waits for every process to finish and hangs; here the run is non-blocking and its
+    worker processes are watched.)"""
+    from lava.magma.core.run_conditions import RunSteps
+
+    proc.run(condition=RunSteps(num_steps=num_steps, blocking=False), run_cfg=run_cfg)
+    runtime = proc.runtime
+    failure: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            runtime.wait()
+        except BaseException as exc:  # reported by the loop below
+            failure.append(exc)
+
+    waiter = threading.Thread(target=wait, name="lava-wait", daemon=True)
+    waiter.start()
+    actors = getattr(getattr(runtime, "_messaging_infrastructure", None), "actors", [])
+    while waiter.is_alive():
+        waiter.join(poll)
+        dead = [a for a in actors if a.exitcode is not None]
+        if dead and waiter.is_alive():
+            raise LavaRunError(f"lava: a process model failed: {_actor_error(dead[0])}")
+        if deadline is not None and time.monotonic() > deadline[0] and waiter.is_alive():
+            raise LavaRunError(timeout_message(deadline[1]))
+    if failure:
+        raise failure[0]
+
+
+def _actor_error(actor: Any) -> str:
+    """Last line of the traceback a dead Lava actor (SystemProcess) sent, or its exit code."""
+    try:
+        exc = actor.exception
+    except Exception:  # the pipe may be gone
+        exc = None
+    if exc:
+        lines = [line for line in str(exc[1]).strip().splitlines() if line.strip()]
+        return " ".join(lines[-1].split())[:300] if lines else describe(exc[0])
+    return f"process exited with code {actor.exitcode}"
+
+
+def _abort(proc: Any) -> None:
+    """After a failure: kill the runtime's worker processes (ours, by pid) and shut down
+    its shared-memory manager, instead of ``stop()``, which waits for them forever."""
+    runtime = getattr(proc, "runtime", None)
+    infra = getattr(runtime, "_messaging_infrastructure", None)
+    if runtime is None or infra is None:
+        return
+    for actor in list(getattr(infra, "actors", [])):
+        try:
+            if actor.exitcode is None:
+                actor.kill()
+            multiprocessing.Process.join(actor, 2.0)
+        except Exception:
+            pass
+    try:
+        if infra.smm is not None:
+            infra.smm.shutdown()
+    except Exception:
+        pass
+    runtime._is_running = False
+    runtime._is_started = False
+
+
+def _run_cfg(hardware: bool) -> Any:
+    if hardware:
+        from lava.magma.core.run_configs import Loihi2HwCfg
+        return Loihi2HwCfg()
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    return Loihi2SimCfg(select_tag="fixed_pt")
+
+
+def _wire(program: LavaProgram, payloads: np.ndarray, lifs: dict) -> tuple[Any, dict, list]:
+    """Source -> Dense -> neurons -> spike recorders (adapters between host and chip when
+    ``program.hardware``). Returns (source, {layer: recorder}, denses)."""
+    from lava.proc.dense.process import Dense
+    from lava.proc.io.source import RingBuffer
+    from lava.utils.weightutils import SignMode
+
+    from spikeforge.backends.lava_procs.process import SpikeRecorder
+
+    batch, steps, n_in = payloads.shape
+    src = RingBuffer(data=np.ascontiguousarray(payloads.reshape(batch * steps, n_in).T))
+    src_port = src.s_out
+    if program.hardware:  # lava-loihi's host <-> chip adapters (lava.proc.embedded_io)
+        from lava.proc import embedded_io as eio
+        adapter = eio.spike.PyToNxAdapter(shape=(n_in,), num_message_bits=8)
+        src.s_out.connect(adapter.inp)
+        src_port = adapter.out
+    denses = []
+    for d in program.denses:
+        dense = Dense(weights=d.weights, weight_exp=d.weight_exp, num_weight_bits=8,
+                      sign_mode=SignMode.MIXED, num_message_bits=d.num_message_bits, name=d.name)
+        (src_port if d.num_message_bits else lifs[d.src].s_out).connect(dense.s_in)
+        dense.a_out.connect(lifs[d.dst].a_in)
+        denses.append(dense)
+    recorders = {}
+    for name, lif in lifs.items():
+        n = lif.a_in.shape[0]
+        rec = SpikeRecorder(shape=(n,), steps=batch * steps)
+        if program.hardware:
+            from lava.proc import embedded_io as eio
+            out = eio.spike.NxToPyAdapter(shape=(n,), num_message_bits=0)
+            lif.s_out.connect(out.inp)
+            out.out.connect(rec.a_in)
+        else:
+            lif.s_out.connect(rec.a_in)
+        recorders[name] = rec
+    return src, recorders, denses
+
+
+def _unpack(words: np.ndarray, batch: int, steps: int) -> np.ndarray:
+    """Recorder words (n, ceil(total / 52)) -> bool (batch, steps, n); bit k of word j is
+    step 52 j + k of the run."""
+    w = np.asarray(words).astype(np.int64)
+    bits = (w[:, :, None] >> np.arange(SPIKES_PER_WORD, dtype=np.int64)) & 1
+    bits = bits.reshape(w.shape[0], -1)[:, :batch * steps].astype(bool)
+    return np.ascontiguousarray(bits.T.reshape(batch, steps, w.shape[0]))
+
+
+# -- isolation ---------------------------------------------------------------------------
+def timeout_message(timeout: float) -> str:
+    return f"lava: the run did not finish within {timeout:g} s; its processes were killed"
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception from a Lava run: spikeforge's own message as it is,
+    anything else as 'lava: the run failed: Type: message'."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, SpikeforgeError):
+        return text[:400]
+    return f"lava: the run failed: {type(exc).__name__}: {text}"[:400]
+
+
+def _child_main(conn: Any, fn: Callable, args: tuple) -> None:
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    code = 0
+    try:
+        result = fn(*args, on_error=lambda exc: conn.send(("error", describe(exc))))
+        conn.send(("ok", result))
+    except BaseException as exc:  # report and leave; the parent kills what is left
+        code = 1
+        try:
+            conn.send(("error", describe(exc)))
+        except Exception:
+            pass
+    finally:
+        try:
+            conn.close()
+        finally:
+            os._exit(code)
+
+
+def run_isolated(fn: Callable, args: tuple, timeout: float, grace: float = 5.0) -> Any:
+    """Run ``fn(*args, on_error=...)`` in a forked child in its own process group.
+
+    Returns its result; raises SpikeforgeError (one line) if it fails, dies or exceeds
+    ``timeout`` seconds. Whatever is left of the group (Lava's runtime processes, its
+    shared-memory manager) ``grace`` seconds after an error or timeout is killed.
+    """
+    from multiprocessing import resource_tracker
+
+    # The tracker is started here, outside the child's process group, so shared memory
+    # left by a killed runtime is unlinked (at the latest when this process exits).
+    resource_tracker.ensure_running()
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_main, args=(send, fn, args), daemon=False)
+    child.start()
+    try:
+        os.setpgid(child.pid, child.pid)  # also set in the child: whichever runs first
+    except OSError:
+        pass
+    send.close()
+    ok = timed_out = False
+    try:
+        if not recv.poll(timeout):
+            timed_out = True
+            raise LavaRunError(timeout_message(timeout))
+        try:
+            status, value = recv.recv()
+        except EOFError:
+            child.join(1.0)
+            raise LavaRunError(
+                f"lava: the runtime process died (exit code {child.exitcode}) without a result"
+            ) from None
+        if status != "ok":
+            raise LavaRunError(value)
+        ok = True
+        return value
+    finally:
+        if not timed_out:
+            child.join(30.0 if ok else grace)
+        if timed_out or not ok or child.is_alive():
+            _kill_group(child.pid)
+        child.join(5.0)
+        recv.close()
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the process group of our own child (Lava's processes were forked into it)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
