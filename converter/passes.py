@@ -153,7 +153,7 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
     8-bit range; the bias becomes  round(b vth 64 / theta) = bias_mant << bias_exp  in state
     units. The per-layer report is stored in the graph's metadata under "quantization".
     """
-    _check_graph(graph, (ir.Input, ir.Flatten, ir.Affine, ir.IF, ir.Stochastic, ir.Output), "quantize")
+    _check_graph(graph, (ir.Input, ir.Flatten, ir.Affine, ir.IF, ir.LIF, ir.Stochastic, ir.Output), "quantize")
     if not 1 <= payload_bits <= 8:
         raise SpikeforgeError(f"payload_bits: expected 1..8, found {payload_bits}")
     payload_max = 2**payload_bits - 1
@@ -169,16 +169,18 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
 
     for name in graph.topological_order():
         node = nodes[name]
-        if not isinstance(node, (ir.IF, ir.Stochastic)):
+        if not isinstance(node, (ir.IF, ir.LIF, ir.Stochastic)):
             continue
-        theta = node.v_threshold if isinstance(node, ir.IF) else 1.0
+        theta = 1.0 if isinstance(node, ir.Stochastic) else node.v_threshold
+        # the input current's gain: r / tau for a LIF (v += (r / tau) I), 1 otherwise
+        gain = node.r / node.tau if isinstance(node, ir.LIF) else 1.0
         incoming = [nodes[p] for p in graph.predecessors(name)]
         scaled = []
         for aff in incoming:
             assert isinstance(aff, ir.Affine)
             src = source(aff.name)
             s = 1.0 / payload_max if isinstance(src, ir.Input) else 1.0
-            scaled.append((aff, src, aff.weight * s / theta))
+            scaled.append((aff, src, aff.weight * s * gain / theta))
         m_primary = max(float(np.abs(W).max(initial=0.0)) for _, _, W in scaled)
         e0 = _exp_for(m_primary, VTH_TARGET)
         vth = int(round(W_MAX * 2.0**e0 / m_primary)) if m_primary > 0 else VTH_TARGET
@@ -196,14 +198,24 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
             max_input += acc << e if e >= 0 else acc >> -e
             new[aff.name] = ir.FixedAffine(aff.name, wq, e)
             exps.append(e)
-        bias_v = sum(aff.bias for aff in incoming) * vth * 64.0 / theta
+        bias_v = sum(aff.bias for aff in incoming) * gain * vth * 64.0 / theta
         bias_exp, mant_hi = 0, ir.BITS["bias_mant"].hi
         while bias_exp < ir.BITS["bias_exp"].hi and np.abs(np.rint(bias_v / 2.0**bias_exp)).max(initial=0) > mant_hi:
             bias_exp += 1
         mant = np.rint(bias_v / 2.0**bias_exp)
         sat = int(((mant > mant_hi) | (mant < ir.BITS["bias_mant"].lo)).sum())
         mant = np.clip(mant, ir.BITS["bias_mant"].lo, mant_hi).astype(np.int64)
-        if isinstance(node, ir.Stochastic):
+        if isinstance(node, ir.LIF):
+            state = ir.BITS["v_rest"]
+
+            def to_state(value: float) -> int:
+                return int(np.clip(round(value / theta * vth * 64), state.lo, state.hi))
+
+            dv = int(min(max(round(4096 / node.tau), 0), ir.BITS["dv"].hi)) if np.isfinite(node.tau) else 0
+            new[name] = ir.FixedLIF(name, node.size, vth=vth, du=4095, dv=dv, bias_mant=mant,
+                                    bias_exp=bias_exp, reset=node.reset, v_rest=to_state(node.v_leak),
+                                    v_reset=to_state(node.v_reset), refractory=int(node.refractory))
+        elif isinstance(node, ir.Stochastic):
             new[name] = ir.FixedStochastic(name, node.size, vth=vth, bias_mant=mant, bias_exp=bias_exp,
                                            seed=node.seed)
         else:
@@ -225,7 +237,10 @@ def layer_reports(graph: ir.Graph) -> list[LayerReport]:
 def convert(ann: ir.Graph, calib_x: np.ndarray, reset: ir.Reset = "subtract",
             normalization: Normalization = "percentile", percentile: float = 99.9,
             payload_bits: int = 8, neuron: str = "if", seed: int = 0) -> ir.Graph:
-    """The whole pipeline: normalize -> relu_to_if -> quantize."""
+    """The whole pipeline: normalize -> relu_to_if -> quantize. A graph that is already
+    spiking (IF/LIF/Stochastic neurons, no ReLU: from NIR or a spiking model) is only quantized."""
+    if not ann.of_type(ir.ReLU) and ann.of_type(ir.IF, ir.LIF, ir.Stochastic):
+        return quantize(ann, payload_bits).with_metadata(neuron="spiking source")
     g = normalize(ann, calib_x, normalization, percentile)
     g = relu_to_if(g, reset, neuron, seed)
     g = quantize(g, payload_bits)

@@ -28,7 +28,7 @@ VERSION = 1
 
 NODE_TYPES: dict[str, type] = {t.__name__: t for t in (
     ir.Input, ir.Output, ir.Flatten, ir.Affine, ir.ReLU, ir.IF, ir.FixedAffine, ir.FixedLIF,
-    ir.FixedStochastic, ir.Stochastic)}
+    ir.FixedStochastic, ir.Stochastic, ir.LIF)}
 
 
 class GraphFileError(SpikeforgeError):

@@ -248,6 +248,47 @@ class IF(Node):
 
 
 @dataclass(frozen=True, eq=False)
+class LIF(Node):
+    """Leaky integrate-and-fire, discrete time (dt = 1 step), NIR's LIF with a step as time unit:
+
+        v_t = v_leak + (1 - 1/tau) (v_{t-1} - v_leak) + (r / tau) I_t
+        spike if v_t > v_threshold; then v = 0 ('zero'), v_reset ('value') or v - v_threshold
+        ('subtract'); ``refractory`` steps after a spike hold v and allow no spike.
+
+    ``tau`` >= 1 in steps (tau = 1 has no memory; an infinite tau is an IF neuron with gain r).
+    """
+
+    size: int
+    tau: float
+    v_threshold: float = 1.0
+    v_leak: float = 0.0
+    v_reset: float = 0.0
+    r: float = 1.0
+    reset: str = "subtract"
+    refractory: int = 0
+
+    @property
+    def in_size(self) -> int:
+        return self.size
+
+    @property
+    def out_size(self) -> int:
+        return self.size
+
+    def validate(self) -> None:
+        super().validate()
+        if self.reset not in FIXED_RESETS:
+            raise GraphError(f"{self.where()}: reset must be one of {FIXED_RESETS}, found {self.reset!r}")
+        if not self.tau >= 1:
+            raise GraphError(f"{self.where()} tau: expected >= 1 step, found {self.tau}")
+        if not self.v_threshold > 0:
+            raise GraphError(f"{self.where()} v_threshold: expected > 0, found {self.v_threshold}")
+        if not self.r > 0:
+            raise GraphError(f"{self.where()} r: expected > 0, found {self.r}")
+        BITS["refractory"].check(f"{self.where()} refractory", int(self.refractory))
+
+
+@dataclass(frozen=True, eq=False)
 class Stochastic(Node):
     """Memoryless stochastic neuron: fires on each step with probability clip(I, 0, 1), I its
     input current (weights times the previous step's spikes, plus bias). Its mean is a
@@ -438,7 +479,7 @@ class FixedStochastic(Node):
 #: Node types that carry synaptic weights (their input arrives one step later).
 SYNAPSES: tuple[type, ...] = (Affine, FixedAffine)
 #: Node types that hold state and spike (or, for ReLU, the ANN activation they replace).
-NEURONS: tuple[type, ...] = (ReLU, IF, Stochastic, FixedLIF, FixedStochastic)
+NEURONS: tuple[type, ...] = (ReLU, IF, LIF, Stochastic, FixedLIF, FixedStochastic)
 #: Spiking neurons of a quantized graph.
 FIXED_NEURONS: tuple[type, ...] = (FixedLIF, FixedStochastic)
 #: Nodes a quantized (deployable) graph is made of.
