@@ -107,3 +107,30 @@ def test_unsupported_onnx_op_via_cli(tmp_path):
     assert r.returncode == 2
     assert "m.onnx: unsupported ops: node 'squash' (Sigmoid)" in r.stderr
     assert not (tmp_path / "m.sfg").exists()
+
+
+def test_recurrent_train_convert_verify(tmp_path):
+    r = run_cli("train", "--arch", "recurrent", "--hidden", "48", "32", "--epochs", "15", "-o", "rec.sfg", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("convert", "rec.sfg", "--calib", "calib.npz", "-o", "net.sfg", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("simulate", "net.sfg", "--data", "test.npz", "--timesteps", "32", "--json", cwd=tmp_path)
+    sim = json.loads(r.stdout)
+    assert sim["accuracy"] >= sim["ann_accuracy"] - 0.02, sim
+    r = run_cli("verify", "net.sfg", "--backends", "cpu,lava,brian2", "--data", "test.npz", "--timesteps", "32",
+                "--limit", "10", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ver = json.loads(r.stdout)
+    for b in ("lava", "brian2"):
+        assert ver["backends"][b]["mismatched_spikes"] == 0 and ver["backends"][b]["spikes"] > 0
+
+
+def test_stochastic_convert_and_verify(workdir):
+    r = run_cli("convert", "model.onnx", "--calib", "calib.npz", "--neuron", "stochastic", "-o", "st.sfg", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("verify", "st.sfg", "--backends", "cpu,brian2,lava", "--data", "test.npz", "--timesteps", "16",
+                "--limit", "5", "--encoding", "rate", "--json", cwd=workdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ver = json.loads(r.stdout)
+    assert ver["backends"]["brian2"]["mismatched_spikes"] == 0
+    assert ver["backends"]["lava"]["mismatched_spikes"] == 0
