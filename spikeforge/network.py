@@ -137,15 +137,12 @@ def lower(graph: ir.Graph) -> Network:
         LOWER.lookup(node)(node, graph, net)
     if net.input is None:
         raise GraphError("graph: expected an Input node, found none")
-    depths = graph.depths()
-    # every FixedAffine -> FixedLIF hop is one step; Flatten and Output add none
-    hops = {name: 0 for name in depths}
+    # depth: the longest feedforward path in projections (each Affine -> neuron hop is a step)
+    hops: dict[str, int] = {}
     for name in graph.topological_order():
-        for pred in graph.predecessors(name):
-            if graph.is_recurrent_edge(pred, name):
-                continue
-            add = 1 if isinstance(graph.node(name), ir.FixedLIF) else 0
-            hops[name] = max(hops[name], hops[pred] + add) if name in hops else hops[pred] + add
+        step = 1 if isinstance(graph.node(name), ir.FIXED_NEURONS) else 0
+        preds = [p for p in graph.predecessors(name) if not graph.is_recurrent_edge(p, name)]
+        hops[name] = max((hops[p] for p in preds), default=0) + step
     net.depth = hops[net.readout]
     return net
 
