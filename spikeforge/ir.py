@@ -15,6 +15,7 @@ one passes through a neuron node.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable, Literal, Mapping, Sequence, TypeVar
@@ -633,11 +634,15 @@ class Graph:
     def is_recurrent_edge(self, a: str, b: str) -> bool:
         """True for an edge that closes a cycle: it does not lead away from the inputs
         (breadth-first depth of ``b`` <= depth of ``a``), e.g. self-recurrence or feedback."""
-        depth = self.depths()
+        depth = self._depths
         return depth.get(b, math.inf) <= depth.get(a, math.inf)
 
     def depths(self) -> dict[str, int]:
         """Shortest number of edges from any Input to each node (breadth first)."""
+        return dict(self._depths)
+
+    @functools.cached_property
+    def _depths(self) -> dict[str, int]:
         dist: dict[str, int] = {n.name: 0 for n in self.inputs}
         frontier = list(dist)
         while frontier:
