@@ -173,7 +173,9 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
             continue
         theta = 1.0 if isinstance(node, ir.Stochastic) else node.v_threshold
         # the input current's gain: r / tau for a LIF (v += (r / tau) I), 1 otherwise
-        gain = node.r / node.tau if isinstance(node, ir.LIF) else 1.0
+        gain = 1.0
+        if isinstance(node, ir.LIF):
+            gain = node.r / node.tau if np.isfinite(node.tau) else node.r
         incoming = [nodes[p] for p in graph.predecessors(name)]
         scaled = []
         for aff in incoming:

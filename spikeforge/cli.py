@@ -1,4 +1,4 @@
-"""The ``spikeforge`` command line: train, convert, simulate, verify, hardware."""
+"""The ``spikeforge`` command line: train, convert, export, simulate, verify, hardware."""
 
 from __future__ import annotations
 
@@ -77,8 +77,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- convert ------------------------------------------------------------------------------------
-def _import_model(path: Path):
+def _import_model(path: Path, dt: float = 1e-3):
     suffix = path.suffix.lower()
+    if suffix == ".nir":
+        from spikeforge.converter.nir_io import load_nir
+
+        return load_nir(path, dt)
     if suffix == ".onnx":
         from spikeforge.converter.onnx_import import load_onnx
 
@@ -87,7 +91,7 @@ def _import_model(path: Path):
         from spikeforge import graphio
 
         return graphio.load(path, "ann")
-    raise SpikeforgeError(f"{path}: expected a model file ending in .onnx or .sfg (an ANN graph), found '{suffix or 'no suffix'}'")
+    raise SpikeforgeError(f"{path}: expected a model file ending in .onnx, .sfg (an ANN graph) or .nir, found '{suffix or 'no suffix'}'")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -95,7 +99,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from spikeforge.converter.passes import convert, layer_reports
 
     model = Path(args.model)
-    ann = _import_model(model)
+    ann = _import_model(model, args.dt)
     calib = _load_data(args.calib, None)
     snn = convert(ann, calib.x.reshape(len(calib.x), -1), reset=args.reset, normalization=args.normalize,
                   percentile=args.percentile, neuron=args.neuron, seed=args.seed).with_metadata(source=str(model))
@@ -118,6 +122,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
             print(f"warning: layer '{r.layer}': worst-case input {r.max_input} << 6 can wrap the 24-bit current u")
         if r.clipped_weights or r.saturated_biases:
             print(f"warning: layer '{r.layer}': {r.clipped_weights} weights and {r.saturated_biases} biases saturated")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from spikeforge.converter.nir_io import save_nir
+
+    out = Path(args.output)
+    if out.suffix.lower() != ".nir":
+        raise SpikeforgeError(f"-o {out}: expected a name ending in .nir")
+    snn, _ = _graphs(args.graph)
+    save_nir(snn, out, args.dt)
+    print(f"wrote {out} (NIR, one step = {args.dt} s)")
     return 0
 
 
@@ -223,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", required=True)
     t.set_defaults(fn=cmd_train)
 
-    c = sub.add_parser("convert", help="ANN (ONNX, or an ANN graph file) -> quantized spiking graph file")
+    c = sub.add_parser("convert", help="ANN (ONNX or an ANN graph file) or spiking NIR graph -> quantized spiking graph file")
     c.add_argument("model")
     c.add_argument("--calib", required=True, help="calibration data (.npz with x and y, or 'digits')")
     c.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
@@ -232,9 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--neuron", choices=("if", "stochastic"), default="if",
                    help="hidden neurons: integrate-and-fire, or stochastic (fire with probability clip(I, 0, 1))")
     c.add_argument("--seed", type=int, default=0, help="stochastic neurons' random streams")
+    c.add_argument("--dt", type=float, default=1e-3, help="NIR input: seconds per simulation step")
     c.add_argument("--json", action="store_true")
     c.add_argument("-o", "--output", required=True)
     c.set_defaults(fn=cmd_convert)
+
+    e = sub.add_parser("export", help="write a graph file's spiking network to NIR")
+    e.add_argument("graph")
+    e.add_argument("--dt", type=float, default=1e-3, help="seconds per simulation step")
+    e.add_argument("-o", "--output", required=True)
+    e.set_defaults(fn=cmd_export)
 
     for name, fn, helptext in (("simulate", cmd_simulate, "run a graph file on one backend"),
                                ("verify", cmd_verify, "compare backends spike for spike")):

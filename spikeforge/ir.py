@@ -256,7 +256,7 @@ class LIF(Node):
         spike if v_t > v_threshold; then v = 0 ('zero'), v_reset ('value') or v - v_threshold
         ('subtract'); ``refractory`` steps after a spike hold v and allow no spike.
 
-    ``tau`` >= 1 in steps (tau = 1 has no memory; an infinite tau is an IF neuron with gain r).
+    ``tau`` >= 1 in steps (tau = 1 has no memory); tau = inf is an IF neuron: v_t = v_{t-1} + r I_t.
     """
 
     size: int

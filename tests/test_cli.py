@@ -65,7 +65,7 @@ def test_simulate_on_lava_text_output(workdir):
     (["simulate", "model.onnx", "--data", "test.npz"], "model.onnx: not a spikeforge graph file"),
     (["simulate", "net.sfg", "--data", "model.onnx"], "model.onnx"),
     (["simulate", "net.sfg", "--data", "test.npz", "--backend", "gpu"], "backend: expected one of cpu"),
-    (["convert", "calib.npz", "--calib", "calib.npz", "-o", "x.sfg"], "calib.npz: expected a model file ending in .onnx or .sfg"),
+    (["convert", "calib.npz", "--calib", "calib.npz", "-o", "x.sfg"], "calib.npz: expected a model file ending in .onnx, .sfg"),
     (["convert", "model.onnx", "--calib", "calib.npz", "--percentile", "0", "-o", "x.sfg"], "percentile: expected a value in (0, 100]"),
     (["verify", "net.sfg", "--backends", "cpu", "--data", "test.npz"], "backends: expected at least two"),
 ])
