@@ -65,14 +65,15 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int = 4096) -> float:
 def train_mlp(train: Dataset, hidden: Sequence[int] = (128,), epochs: int = 60, lr: float = 3e-3,
               seed: int = 0, weight_decay: float = 1e-4, batch_size: int = 64,
               val: Dataset | None = None, val_fraction: float = 0.1, input_noise: float = 0.0,
-              dropout: float = 0.0, classes: int | None = None,
+              occlusion: float = 0.0, dropout: float = 0.0, classes: int | None = None,
               threads: int | None = 1) -> tuple[RateMLP, dict[str, Any]]:
     """Train a :class:`RateMLP` with Adam on cross-entropy, L = -log softmax(z)_y, minibatch,
     cosine learning-rate decay, CPU only, deterministic for a given seed.
 
     ``val``: held-out set for ``val_accuracy``; if None, a stratified ``val_fraction`` of
     ``train`` is held out (0 disables). ``input_noise``: std of Gaussian noise added to inputs
-    during training (then clipped to [0, 1]). ``weight_decay``: Adam L2 coefficient.
+    during training (then clipped to [0, 1]); ``occlusion``: fraction of input pixels zeroed at
+    random during training. ``weight_decay``: Adam L2 coefficient.
     ``threads``: torch intra-op threads while training (restored after); 1 is fastest for
     digits-sized models and robust on a shared machine (2 threads can be >10x slower under
     contention); None keeps torch's setting.
@@ -107,6 +108,8 @@ def train_mlp(train: Dataset, hidden: Sequence[int] = (128,), epochs: int = 60, 
                 xb = x[idx]
                 if input_noise > 0:
                     xb = (xb + input_noise * torch.randn(xb.shape, generator=gen)).clamp(0.0, 1.0)
+                if occlusion > 0:
+                    xb = xb * (torch.rand(xb.shape, generator=gen) >= occlusion)
                 loss = loss_fn(model(xb), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
