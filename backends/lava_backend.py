@@ -12,16 +12,26 @@ Lowering (one Lava Process per IR layer and projection):
 * Input -> ``lava.proc.io.source.RingBuffer`` (int32) of all samples' payloads concatenated
   along time, feeding Dense with ``num_message_bits = payload bits`` (graded, 8-bit).
 * Layer (FixedLIF) -> :class:`~spikeforge.backends.lava_procs.process.SpikeforgeLIF`, whose
-  fixed_pt model reuses Lava's ``AbstractPyLifModelFixed`` arithmetic and zeroes u, v and
-  the synaptic input at the first step of each sample's window, so one run of
+  fixed_pt model reuses Lava's ``AbstractPyLifModelFixed`` arithmetic (its u/v update as
+  it is when v_rest = leak = 0; with a resting potential or subtractive leak, Lava's u
+  update and spikeforge's v update written in the same style), adds reset to zero, by
+  subtraction or to v_reset and the refractory period, and zeroes u, v, the refractory
+  counter and the synaptic input at the first step of each sample's window, so one run of
   ``batch * steps`` steps equals ``batch`` fresh runs.
+* Layer (FixedStochastic) -> :class:`~spikeforge.backends.lava_procs.process.SpikeforgeStochastic`,
+  spikeforge's own fixed_pt simulation model: its draws are
+  ``spikeforge.neuron.uniform_ints(seed, sample, step, neuron)`` with ``sample`` the index
+  of the sample in the batch given to :meth:`LavaBackend.run` (chunks pass their offset),
+  so they equal the cpu backend's.
 * Spikes are recorded by ``SpikeRecorder`` (52 steps per int64 word) and the readout's v by
   ``WindowRecorder`` (v at each window's last step): a Lava Var.get moves one element per
   message (~30 us), which made plain RingBuffer sinks the slowest part of a run.
 
 ``LavaBackend(neuron="stock")`` uses Lava's own ``LIF`` (``PyLifModelBitAcc``) instead, for
-reset='zero' layers only, one ``run(steps)`` per sample with u, v and every Dense ``a_buff``
-set to 0 between samples (Var.set); it shows that the arithmetic above is Lava's.
+layers that it computes (reset='zero', or 'value' with v_reset = 0; v_rest = leak =
+refractory = 0; no stochastic layer), one ``run(steps)`` per sample with u, v and every
+Dense ``a_buff`` set to 0 between samples (Var.set); it shows that the arithmetic above is
+Lava's.
 
 Each chunk of samples runs in a forked child process group with a timeout (``isolate=True``,
 the default): a failure inside a Lava ProcessModel surfaces as one-line
@@ -31,6 +41,7 @@ Lava is imported only inside functions.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
@@ -59,6 +70,10 @@ ACC_MAX = 2**31 - 1
 SPIKES_PER_WORD = 52  # must equal lava_procs.process.SPIKES_PER_WORD
 
 
+#: spikeforge reset names -> SpikeforgeLIF reset codes (= lava_procs.process.RESET_CODES).
+RESET_CODES = {"zero": 0, "subtract": 1, "value": 2}
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One FixedLIF layer as Lava gets it (all integers with their Loihi 2 widths)."""
@@ -70,8 +85,25 @@ class LayerSpec:
     dv: int  # 12-bit unsigned
     bias_mant: np.ndarray  # 13-bit signed per neuron
     bias_exp: int  # 3-bit unsigned
-    reset: int  # 0 = zero, 1 = subtract
+    reset: int  # 0 = zero, 1 = subtract, 2 = value (RESET_CODES)
     readout: bool
+    v_rest: int = 0  # 24-bit signed
+    v_reset: int = 0  # 24-bit signed
+    leak: int = 0  # 23-bit unsigned
+    refractory: int = 0  # 8-bit unsigned
+
+
+@dataclass(frozen=True)
+class StochasticSpec:
+    """One FixedStochastic layer (simulation only: SpikeforgeStochastic)."""
+
+    name: str
+    size: int
+    vth: int  # 17-bit unsigned, >= 1
+    bias_mant: np.ndarray  # 13-bit signed per neuron
+    bias_exp: int  # 3-bit unsigned
+    seed: int  # 32-bit unsigned
+    readout: bool = False  # never: lowering refuses a stochastic readout
 
 
 @dataclass(frozen=True)
@@ -89,7 +121,7 @@ class DenseSpec:
 @dataclass(frozen=True)
 class LavaProgram:
     net: Network
-    layers: tuple[LayerSpec, ...]
+    layers: tuple[LayerSpec | StochasticSpec, ...]
     denses: tuple[DenseSpec, ...]
     neuron: str
     hardware: bool = False
@@ -98,8 +130,9 @@ class LavaProgram:
 class LavaBackend(Backend):
     """Loihi 2 bit-accurate simulation with Lava 0.10 (CPU, ``Loihi2SimCfg('fixed_pt')``).
 
-    Options: ``neuron`` 'spikeforge' (own LIF process: reset zero or subtract, all samples
-    in one run) or 'stock' (Lava's LIF, reset zero, one run per sample); ``isolate`` runs
+    Options: ``neuron`` 'spikeforge' (own LIF and stochastic processes: spikeforge's whole
+    neuron family, all samples of a chunk in one run) or 'stock' (Lava's LIF: reset to
+    zero, no v_rest, leak, refractory or stochastic layer; one run per sample); ``isolate`` runs
     Lava in a forked child process group killed after ``timeout`` seconds (default
     120 + 0.05 s per step); ``chunk_steps`` caps the steps (samples x steps) per build.
     """
@@ -145,10 +178,12 @@ class LavaBackend(Backend):
             timeout = self.timeout
             if timeout is None:
                 timeout = 120 + 0.05 * chunk.shape[0] * steps
+            # stochastic layers draw by the sample's index in this whole batch
+            fn = functools.partial(execute, sample_offset=start)
             if self.isolate:
-                parts.append(run_isolated(execute, (program, chunk), timeout))
+                parts.append(run_isolated(fn, (program, chunk), timeout))
             else:
-                parts.append(execute(program, chunk, timeout=timeout))
+                parts.append(fn(program, chunk, timeout=timeout))
         spikes = {l.name: np.concatenate([s[l.name] for s, _ in parts]) for l in net.layers}
         v_final = np.concatenate([v for _, v in parts]).astype(np.int64)
         return RunResult(spikes, v_final, net.readout, ro.node.vth_scaled)
@@ -169,53 +204,98 @@ def import_lava() -> None:
             f"start method to 'fork' and must be imported before anything sets another"
         ) from None
     import spikeforge.backends.lava_procs.models  # noqa: F401
+    from spikeforge.backends.lava_procs.process import RESET_CODES as codes
     from spikeforge.backends.lava_procs.process import SPIKES_PER_WORD as recorded
 
     assert recorded == SPIKES_PER_WORD, "lava_procs and lava_backend disagree on word size"
+    assert codes == RESET_CODES, "lava_procs and lava_backend disagree on reset codes"
 
 
 # -- program ---------------------------------------------------------------------------
-def build_program(net: Network, graph: ir.Graph, neuron: str,
-                  hardware: bool = False) -> LavaProgram:
-    """Network -> Lava specs. Raises UnsupportedError naming the node and parameter that
-    Lava cannot express exactly."""
-    layers = []
+def stock_lif_gaps(node: ir.FixedLIF) -> list[tuple[str, str]]:
+    """What Lava's stock LIF (Loihi 2's CUBA LIF) lacks of this layer, as (the parameter as
+    written, what the stock LIF does instead); [] if the stock LIF computes it exactly.
+    reset='value' with v_reset = 0 is reset to zero."""
+    gaps = []
+    if node.reset == "subtract":
+        gaps.append(("reset='subtract'", "resets to zero only"))
+    elif node.reset == "value" and node.v_reset != 0:
+        gaps.append((f"reset='value' (v_reset={node.v_reset})", "resets to zero only"))
+    if node.v_rest:
+        gaps.append((f"v_rest={node.v_rest}", "decays v toward 0 (it has no resting potential)"))
+    if node.leak:
+        gaps.append((f"leak={node.leak}", "has no subtractive leak (only the decay dv)"))
+    if node.refractory:
+        gaps.append((f"refractory={node.refractory}", "has no refractory period"))
+    return gaps
+
+
+def stock_violations(net: Network) -> list[str]:
+    """Every layer feature Lava's stock LIF lacks (neuron='stock'), naming node and parameter."""
+    problems = []
     for layer in net.layers:
         n = layer.node
-        if neuron == "stock" and n.reset != "zero":
-            raise UnsupportedError(
-                f"{n.where()}: reset='{n.reset}': Lava's stock LIF resets to zero only; "
-                f"use neuron='spikeforge'"
-            )
-        for key in ("vth", "du", "dv", "bias_exp"):
-            ir.BITS[key].check(f"{n.where()} {key}", getattr(n, key))
-        ir.BITS["bias_mant"].check(f"{n.where()} bias_mant", n.bias_mant)
-        layers.append(LayerSpec(layer.name, n.size, int(n.vth), int(n.du), int(n.dv),
-                                n.bias_mant.astype(np.int32), int(n.bias_exp),
-                                0 if n.reset == "zero" else 1, layer.name == net.readout))
-    denses = []
+        if isinstance(n, ir.FixedStochastic):
+            problems.append(f"{n.where()}: stochastic neurons: Lava has no stock stochastic "
+                            f"neuron (spikeforge's SpikeforgeStochastic simulates it)")
+            continue
+        problems += [f"{n.where()} {param}: Lava's stock LIF {rule}"
+                     for param, rule in stock_lif_gaps(n)]
+    return problems
+
+
+def int32_violations(net: Network, graph: ir.Graph) -> list[str]:
+    """Projections whose Dense int32 accumulator, and layers whose a << 6, can overflow."""
+    problems = []
     a_bound = {l.name: 0 for l in net.layers}
     for proj in net.projections:
         node = graph.node(proj.name)
         max_in = net.input.payload_max if proj.graded else 1
         acc = int(np.abs(2 * proj.weight).sum(axis=1).max(initial=0)) * max_in
         if acc > ACC_MAX:
-            raise UnsupportedError(
-                f"{node.where()}: weight: Lava's Dense accumulates in int32; the sum of "
+            problems.append(
+                f"{node.where()} weight: Lava's Dense accumulates in int32; the sum of "
                 f"|2 w| x {max_in} reaches {acc} > {ACC_MAX}"
             )
         exp = proj.weight_exp - 1  # Lava's shift of the 2w sums
         a_bound[proj.dst] += acc << exp if exp >= 0 else acc >> -exp
-        denses.append(DenseSpec(proj.name, proj.src, proj.dst, (2 * proj.weight).astype(np.int32),
-                                int(proj.weight_exp) - 1,
-                                net.input.payload_max.bit_length() if proj.graded else 0))
     for layer in net.layers:
         if a_bound[layer.name] > A_MAX:
-            raise UnsupportedError(
-                f"{layer.node.where()}: synaptic input: Lava's LIF computes a << 6 in int32; "
+            problems.append(
+                f"{layer.node.where()} synaptic input: Lava's LIF computes a << 6 in int32; "
                 f"worst-case |a| = {a_bound[layer.name]} exceeds {A_MAX} "
                 f"(lower the weight_exp of its projections)"
             )
+    return problems
+
+
+def build_program(net: Network, graph: ir.Graph, neuron: str,
+                  hardware: bool = False) -> LavaProgram:
+    """Network -> Lava specs. Raises UnsupportedError naming every node and parameter that
+    Lava (with ``neuron``'s processes) cannot express exactly, in one line."""
+    if neuron == "stock":
+        problems = stock_violations(net)
+        if problems:
+            raise UnsupportedError("; ".join(problems) + "; use neuron='spikeforge'")
+    problems = int32_violations(net, graph)
+    if problems:
+        raise UnsupportedError("; ".join(problems))
+    layers: list[LayerSpec | StochasticSpec] = []
+    for layer in net.layers:
+        n = layer.node
+        if isinstance(n, ir.FixedStochastic):
+            layers.append(StochasticSpec(layer.name, n.size, int(n.vth),
+                                         n.bias_mant.astype(np.int32), int(n.bias_exp),
+                                         int(n.seed)))
+            continue
+        layers.append(LayerSpec(layer.name, n.size, int(n.vth), int(n.du), int(n.dv),
+                                n.bias_mant.astype(np.int32), int(n.bias_exp),
+                                RESET_CODES[n.reset], layer.name == net.readout,
+                                int(n.v_rest), int(n.v_reset), int(n.leak), int(n.refractory)))
+    denses = [DenseSpec(proj.name, proj.src, proj.dst, (2 * proj.weight).astype(np.int32),
+                        int(proj.weight_exp) - 1,
+                        net.input.payload_max.bit_length() if proj.graded else 0)
+              for proj in net.projections]
     return LavaProgram(net, tuple(layers), tuple(denses), neuron, hardware)
 
 
@@ -226,26 +306,36 @@ class LavaRunError(SpikeforgeError):
 
 def execute(program: LavaProgram, payloads: np.ndarray,
             on_error: Callable[[BaseException], None] | None = None,
-            timeout: float | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+            timeout: float | None = None,
+            sample_offset: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Build the Lava network for these samples, run it, read the recorders, stop.
 
     payloads int32 (batch, steps, inputs) -> ({layer: bool (batch, steps, n)}, v_final
     int (batch, n_readout)). On a failure ``on_error(exc)`` is called first, then the
     runtime's processes are killed (``stop()`` hangs after a ProcessModel exception).
     ``timeout`` (seconds) bounds the runs when Lava runs in this process.
+    ``sample_offset`` is the index of ``payloads[0]`` in the batch given to
+    :meth:`LavaBackend.run` (stochastic layers draw by it).
     """
     deadline = None if timeout is None else (time.monotonic() + timeout, timeout)
     if program.neuron == "stock":
         return _execute_stock(program, payloads, on_error, deadline)
-    from spikeforge.backends.lava_procs.process import SpikeforgeLIF, WindowRecorder
+    from spikeforge.backends.lava_procs.process import (SpikeforgeLIF, SpikeforgeStochastic,
+                                                        WindowRecorder)
 
     batch, steps, _ = payloads.shape
-    lifs = {
-        l.name: SpikeforgeLIF(shape=(l.size,), vth=l.vth, du=l.du, dv=l.dv,
-                              bias_mant=l.bias_mant, bias_exp=l.bias_exp, reset=l.reset,
-                              window=steps, readout=l.readout, name=l.name)
-        for l in program.layers
-    }
+    lifs: dict[str, Any] = {}
+    for l in program.layers:
+        if isinstance(l, StochasticSpec):
+            lifs[l.name] = SpikeforgeStochastic(
+                shape=(l.size,), vth=l.vth, bias_mant=l.bias_mant, bias_exp=l.bias_exp,
+                seed=l.seed, window=steps, sample_offset=sample_offset, name=l.name)
+        else:
+            lifs[l.name] = SpikeforgeLIF(
+                shape=(l.size,), vth=l.vth, du=l.du, dv=l.dv, bias_mant=l.bias_mant,
+                bias_exp=l.bias_exp, reset=l.reset, v_rest=l.v_rest, v_reset=l.v_reset,
+                leak=l.leak, refractory=l.refractory, window=steps, readout=l.readout,
+                name=l.name)
     src, recorders, _ = _wire(program, payloads, lifs)
     ro = lifs[program.net.readout]
     v_rec = WindowRecorder(shape=(ro.a_in.shape[0],), window=steps, windows=batch)
@@ -268,7 +358,8 @@ def _execute_stock(program: LavaProgram, payloads: np.ndarray,
                    deadline: tuple[float, float] | None
                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Lava's stock LIF: one run(steps) per sample; between samples u, v and every Dense
-    a_buff are set to 0 (the source RingBuffer moves on to the next sample's payloads)."""
+    a_buff are set to 0 (the source RingBuffer moves on to the next sample's payloads).
+    build_program has refused every layer the stock LIF does not compute exactly."""
     from lava.proc.lif.process import LIF
 
     batch, steps, _ = payloads.shape

@@ -1,12 +1,18 @@
 """The loihi backend: the same Lava process graph as ``--backend lava`` run on a Loihi 2
 system with ``Loihi2HwCfg``, where Intel's lava-loihi package and a board are present.
 
-Where they are absent (any public machine), ``compile`` and ``run`` raise
+``compile`` checks first whether the graph fits the chip at all (:func:`check_loihi2`,
+every violation named by node, parameter and rule, in one UnsupportedError line), and
+only then whether hardware is here: a graph that cannot fit must be changed whatever
+machine it is taken to, so that is said first. Where lava-loihi or a board is absent (any
+public machine), ``compile`` (of a fitting graph) and ``run`` then raise
 :class:`BackendUnavailable` with one line saying what was found; nothing is simulated in
 their place. Where present, the graph is Lava's stock processes only (``Dense`` with
 weights 2w / weight_exp - 1 / sign mode MIXED, stock ``LIF``), because a Python
 ProcessModel such as spikeforge's own LIF would run on the host CPU, not on the chip:
-so reset='subtract' is refused (it needs Loihi 2 microcode neurons), and samples run one
+so reset='subtract' or to a nonzero value, v_rest, the subtractive leak and the
+refractory period are refused (they need Loihi 2 microcode neurons), as are stochastic
+neurons (spikeforge simulates them only), and samples run one
 ``run(steps)`` each with u, v and the Dense buffers set to 0 between them. The payload
 source and the spike recorders stay on the host and connect through lava-loihi's
 ``lava.proc.embedded_io.spike`` adapters (``PyToNxAdapter`` 8-bit graded payloads,
@@ -19,15 +25,17 @@ with ``--backend lava`` (bit-accurate simulation) before trusting them.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from spikeforge import ir
 from spikeforge.backends.base import Backend, RunResult
-from spikeforge.errors import BackendUnavailable
+from spikeforge.errors import BackendUnavailable, SpikeforgeError, UnsupportedError
 
 NEEDS = ("Loihi 2 hardware backend needs Intel's lava-loihi package (not public) "
          "and a Loihi system")
@@ -88,8 +96,82 @@ def require_hardware() -> dict[str, Any]:
     return status
 
 
+# -- chip fit ----------------------------------------------------------------------------
+STOCK_LIF = "Loihi 2's stock CUBA LIF"
+SIMULATION_ONLY = "simulation only: use --backend cpu|brian2|lava"
+
+
+def check_loihi2(graph: ir.Graph) -> list[str]:
+    """Every reason ``graph`` cannot run on Loihi 2 through this backend, one line each
+    naming the node, the parameter and the rule ([] if it fits). Needs neither Lava nor
+    hardware. Rules:
+
+    * every node is fixed-point (a quantized graph: ``spikeforge convert`` first);
+    * every neuron is Loihi 2's stock CUBA LIF: reset to zero (or reset='value' with
+      v_reset = 0), v_rest = 0, leak = 0, refractory = 0; no FixedStochastic layer;
+    * spikeforge's lowering accepts the graph (one Input, a FixedLIF readout);
+    * no Dense accumulator (int32) or LIF input a << 6 (int32) can overflow, as for the
+      lava backend.
+    """
+    from spikeforge.backends.lava_backend import int32_violations, stock_lif_gaps
+    from spikeforge.network import lower
+
+    problems = []
+    for node in graph.nodes:
+        if not isinstance(node, ir.FIXED_TYPES):
+            problems.append(f"{node.where()}: not a fixed-point node; Loihi 2 runs quantized "
+                            f"graphs only (spikeforge convert first)")
+        elif isinstance(node, ir.FixedStochastic):
+            problems.append(f"{node.where()}: stochastic neurons have no Loihi 2 process "
+                            f"model here ({SIMULATION_ONLY})")
+        elif isinstance(node, ir.FixedLIF):
+            problems += [f"{node.where()} {param}: {STOCK_LIF} {rule}"
+                         for param, rule in stock_lif_gaps(node)]
+    if graph.is_fixed():
+        try:
+            net = lower(graph)
+        except SpikeforgeError as exc:
+            problems.append(str(exc))
+        else:
+            problems += int32_violations(net, graph)
+    return problems
+
+
+def fit_error(problems: list[str]) -> str:
+    """The one-line message of a graph that does not fit Loihi 2."""
+    return (f"graph does not fit Loihi 2 ({len(problems)} problem"
+            f"{'' if len(problems) == 1 else 's'}): " + "; ".join(problems))
+
+
+#: Targets of ``spikeforge check --target``: name -> check(graph) -> violations.
+TARGETS: dict[str, Callable[[ir.Graph], list[str]]] = {"loihi2": check_loihi2}
+
+
+def check_file(path: str | Path, target: str = "loihi2", as_json: bool = False,
+               which: str = "snn") -> tuple[int, str]:
+    """CLI helper for ``spikeforge check GRAPH --target loihi2 [--json]``: load the graph
+    ``which`` from a spikeforge graph file, check it, and return (exit code, text to print):
+    0 if it fits, 1 with one violation per line (or a JSON object) if not. A file or
+    target that cannot be read raises SpikeforgeError (the CLI's exit code 2)."""
+    from spikeforge import graphio
+
+    if target not in TARGETS:
+        raise SpikeforgeError(f"--target: expected one of {', '.join(TARGETS)}, found {target!r}")
+    graph = graphio.load(path, which)
+    problems = TARGETS[target](graph)
+    if as_json:
+        return (1 if problems else 0), json.dumps(
+            {"graph": str(path), "target": target, "fits": not problems, "violations": problems})
+    if not problems:
+        return 0, f"{path}: fits {target}"
+    lines = [f"{path}: does not fit {target}: {len(problems)} violation"
+             f"{'' if len(problems) == 1 else 's'}"]
+    return 1, "\n".join(lines + [f"  - {p}" for p in problems])
+
+
 class LoihiBackend(Backend):
-    """Loihi 2 hardware through lava-loihi (``Loihi2HwCfg``); reset='zero' layers only.
+    """Loihi 2 hardware through lava-loihi (``Loihi2HwCfg``); graphs that pass
+    :func:`check_loihi2` only (stock CUBA LIF layers).
 
     Options as for :class:`~spikeforge.backends.lava_backend.LavaBackend`: ``isolate``,
     ``timeout`` (seconds), ``chunk_steps``.
@@ -104,8 +186,12 @@ class LoihiBackend(Backend):
         self.chunk_steps = chunk_steps
 
     def compile(self, graph: ir.Graph, **options: Any) -> Any:
-        """Check for lava-loihi and a board, lower, and check every layer (stock LIF:
-        reset='zero'; int32 bounds as for the lava backend)."""
+        """First the chip fit (:func:`check_loihi2`: UnsupportedError listing every
+        violation, on any machine), then lava-loihi and a board (BackendUnavailable),
+        then lower and build the stock-process program."""
+        problems = check_loihi2(graph)
+        if problems:
+            raise UnsupportedError(fit_error(problems))
         require_hardware()
         from spikeforge.backends.lava_backend import build_program, import_lava
 

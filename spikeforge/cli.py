@@ -1,4 +1,4 @@
-"""The ``spikeforge`` command line: train, convert, export, simulate, verify, hardware."""
+"""The ``spikeforge`` command line: train, convert, export, simulate, verify, check, hardware."""
 
 from __future__ import annotations
 
@@ -210,11 +210,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from spikeforge.backends.loihi import check_file
+
+    code, text = check_file(args.graph, target=args.target, as_json=args.json)
+    print(text)
+    return code
+
+
 def cmd_hardware(args: argparse.Namespace) -> int:
     from spikeforge.backends.loihi import hardware_status
 
     status = hardware_status()
-    print(json.dumps(status) if args.json else "\n".join(f"{k}: {v}" for k, v in status.items()))
+    print(json.dumps(status) if args.json else
+          "\n".join(f"{k}: {v}" for k, v in status.items() if v not in ("", None)))
     return 0
 
 
@@ -274,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--json", action="store_true")
         s.set_defaults(fn=fn)
+
+    k = sub.add_parser("check", help="does a graph fit a chip? lists every violation (exit 1 if any)")
+    k.add_argument("graph")
+    k.add_argument("--target", choices=("loihi2",), default="loihi2")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(fn=cmd_check)
 
     h = sub.add_parser("hardware", help="is Loihi 2 hardware (lava-loihi and a board) available?")
     h.add_argument("--json", action="store_true")

@@ -134,3 +134,14 @@ def test_stochastic_convert_and_verify(workdir):
     ver = json.loads(r.stdout)
     assert ver["backends"]["brian2"]["mismatched_spikes"] == 0
     assert ver["backends"]["lava"]["mismatched_spikes"] == 0
+
+
+def test_check_lists_loihi2_violations(workdir):
+    run_cli("convert", "model.onnx", "--calib", "calib.npz", "--reset", "zero", "-o", "zero.sfg", cwd=workdir)
+    r = run_cli("check", "zero.sfg", cwd=workdir)
+    assert r.returncode == 0 and "fits loihi2" in r.stdout
+    run_cli("convert", "model.onnx", "--calib", "calib.npz", "--reset", "subtract", "-o", "sub.sfg", cwd=workdir)
+    r = run_cli("check", "sub.sfg", cwd=workdir)
+    assert r.returncode == 1 and "reset='subtract'" in r.stdout and "'readout'" in r.stdout
+    r = run_cli("simulate", "zero.sfg", "--backend", "loihi", "--data", "test.npz", cwd=workdir)
+    assert r.returncode == 2 and "lava-loihi" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,6 +1,8 @@
-"""spikeforge's Lava Process: Lava's fixed-point CUBA LIF with reset by subtraction and a
-per-sample state reset (only Process code here: the Lava compiler executes every .py file
-in this folder when it looks for ProcessModels)."""
+"""spikeforge's Lava Processes: Lava's fixed-point CUBA LIF extended with spikeforge's
+neuron family (reset to zero, by subtraction or to a value, resting potential, subtractive
+leak, refractory period) and a per-sample state reset; a memoryless stochastic neuron with
+counter-based draws; packed spike and window recorders. (Only Process code here: the Lava
+compiler executes every .py file in this folder when it looks for ProcessModels.)"""
 
 from __future__ import annotations
 
@@ -14,38 +16,86 @@ from lava.proc.lif.process import AbstractLIF
 
 RESET_ZERO = 0
 RESET_SUBTRACT = 1
+RESET_VALUE = 2
+#: spikeforge's reset names -> SpikeforgeLIF's ``reset`` codes.
+RESET_CODES = {"zero": RESET_ZERO, "subtract": RESET_SUBTRACT, "value": RESET_VALUE}
 #: Spikes packed per recorder word. Var.get sends every element as a float64, exact for
 #: integers below 2**53, so a word holds 52 one-bit spikes (stored as int64).
 SPIKES_PER_WORD = 52
 
 
 class SpikeforgeLIF(AbstractLIF):
-    """Loihi 2 CUBA LIF in fixed point, one step (Lava 0.10 ``PyLifModelBitAcc`` arithmetic):
+    """Loihi 2 CUBA LIF in fixed point with spikeforge's neuron family, one step:
 
         u = wrap24(trunc(u (4096 - du - 1) / 4096) + (a << 6))
-        v = sat24(trunc(v (4096 - dv) / 4096) + u + (bias_mant << bias_exp))
-        s = v > vth << 6 ;  v = 0 (reset 0, 'zero') | v - (vth << 6) (reset 1, 'subtract')
+        d = leak(trunc((v - v_rest) (4096 - dv) / 4096)),  leak(d) = sign(d) max(|d| - leak, 0)
+        v = sat24(v_rest + d + u + (bias_mant << bias_exp))
+        while ref > 0: v keeps its old value, ref -= 1, no spike
+        s = v > vth << 6 ;  where s: ref = refractory and
+            v = 0 (reset 0) | v - (vth << 6) (reset 1) | v_reset (reset 2)
 
-    At the first step of every window of ``window`` steps, u and v are zeroed and the
+    With v_rest = leak = 0 the u/v update is Lava 0.10's own (``PyLifModelBitAcc``
+    arithmetic, ``AbstractPyLifModelFixed.subthr_dynamics``).
+
+    At the first step of every window of ``window`` steps, u, v and ref are zeroed and the
     synaptic input is taken as 0, so one long run equals fresh-state runs per sample.
     ``v_out`` sends v after reset every step, for the ``readout`` layer only.
 
     Fields: vth 17-bit unsigned; du, dv 12-bit unsigned; bias_mant 13-bit signed per
-    neuron; bias_exp 3-bit unsigned; u, v 24-bit signed state.
+    neuron; bias_exp 3-bit unsigned; v_rest, v_reset 24-bit signed; leak 23-bit unsigned;
+    refractory 8-bit unsigned; u, v 24-bit signed and ref 8-bit unsigned state.
     """
 
     def __init__(self, *, shape: tuple[int, ...], vth: int, du: int = 4095, dv: int = 0,
                  bias_mant: ty.Union[int, np.ndarray] = 0, bias_exp: int = 0,
-                 reset: int = RESET_SUBTRACT, window: int = 1, readout: bool = False,
-                 name: ty.Optional[str] = None) -> None:
+                 reset: int = RESET_SUBTRACT, v_rest: int = 0, v_reset: int = 0,
+                 leak: int = 0, refractory: int = 0, window: int = 1,
+                 readout: bool = False, name: ty.Optional[str] = None) -> None:
+        if int(reset) not in RESET_CODES.values():
+            raise ValueError(f"SpikeforgeLIF reset: expected one of "
+                             f"{sorted(RESET_CODES.values())}, found {reset!r}")
         super().__init__(shape=shape, u=0, v=0, du=int(du), dv=int(dv), bias_mant=bias_mant,
                          bias_exp=int(bias_exp), name=name, log_config=None,
                          vth=int(vth), reset=int(reset), window=int(window),
                          readout=bool(readout))
         self.vth = Var(shape=(1,), init=int(vth))
+        self.v_rest = Var(shape=(1,), init=int(v_rest))
+        self.v_reset = Var(shape=(1,), init=int(v_reset))
+        self.leak = Var(shape=(1,), init=int(leak))
+        self.refractory = Var(shape=(1,), init=int(refractory))
+        self.ref = Var(shape=shape, init=0)  # refractory steps left
         # Always declared (a ProcessModel must match its Process's ports); the model sends
         # on it only when ``readout`` is set, and an unconnected OutPort is allowed.
         self.v_out = OutPort(shape=shape)
+
+
+class SpikeforgeStochastic(AbstractProcess):
+    """Memoryless stochastic neuron (simulation only: no Loihi 2 neuron implements it):
+
+        z = (a << 6) + (bias_mant << bias_exp) ;  s = z > r,  r uniform in [0, vth << 6)
+
+    r = spikeforge.neuron.uniform_ints(seed, sample, step, n, vth << 6), the counter-based
+    stream every spikeforge backend draws from: at Lava time step t (1-based) the sample is
+    ``sample_offset + (t - 1) // window`` (its index in the batch given to the backend's
+    run, whatever the chunking) and the step ``(t - 1) % window``. The synaptic input is
+    taken as 0 at each window's first step, as for :class:`SpikeforgeLIF`.
+
+    Fields: vth 17-bit unsigned (>= 1); bias_mant 13-bit signed per neuron; bias_exp 3-bit
+    unsigned; seed 32-bit unsigned.
+    """
+
+    def __init__(self, *, shape: tuple[int, ...], vth: int,
+                 bias_mant: ty.Union[int, np.ndarray] = 0, bias_exp: int = 0, seed: int = 0,
+                 window: int = 1, sample_offset: int = 0,
+                 name: ty.Optional[str] = None) -> None:
+        super().__init__(shape=shape, vth=int(vth), seed=int(seed), window=int(window),
+                         sample_offset=int(sample_offset), name=name, log_config=None)
+        self.a_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=shape)
+        self.vth = Var(shape=(1,), init=int(vth))
+        self.bias_mant = Var(shape=shape, init=bias_mant)
+        self.bias_exp = Var(shape=(1,), init=int(bias_exp))
+        self.seed = Var(shape=(1,), init=int(seed))
 
 
 class SpikeRecorder(AbstractProcess):
