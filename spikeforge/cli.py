@@ -1,4 +1,4 @@
-"""The ``spikeforge`` command line: train, convert, export, simulate, verify, check, hardware."""
+"""The ``spikeforge`` command line: train, convert, export, simulate, verify, analyze, check, hardware."""
 
 from __future__ import annotations
 
@@ -210,6 +210,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from spikeforge.analysis import report
+
+    snn, ann = _graphs(args.graph)
+    if ann is None:
+        raise SpikeforgeError(f"{args.graph}: no source ANN stored in the file (convert writes one)")
+    ds = _load_data(args.data, args.limit)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    res = report(snn, ann, ds.x.reshape(len(ds.x), -1), ds.y, args.timesteps, out,
+                 encoding=args.encoding, seed=args.seed)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"ANN accuracy {100 * res['ann_accuracy']:.2f}%; SNN accuracy against T: " +
+          ", ".join(f"T={t} {100 * a:.2f}%" for t, a in res["accuracy_vs_T"].items()))
+    print(f"{'layer':<20} {'ANN rate':>9} {'SNN rate':>9} {'mean|err|':>10} {'r':>7}")
+    for r in res["layers"]:
+        print(f"{r['layer']:<20} {r['ann_rate']:>9.3f} {r['snn_rate']:>9.3f} {r['mean_abs_error']:>10.4f} "
+              f"{r['correlation']:>7.3f}")
+    print(f"wrote {res['plot']}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from spikeforge.backends.loihi import check_file
 
@@ -283,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--json", action="store_true")
         s.set_defaults(fn=fn)
+
+    a = sub.add_parser("analyze", help="per-layer ANN vs SNN rates, accuracy against T, raster (PNG)")
+    a.add_argument("graph")
+    a.add_argument("--data", required=True)
+    a.add_argument("--timesteps", type=_positive("--timesteps"), default=32)
+    a.add_argument("--limit", type=_positive("--limit"), default=200)
+    a.add_argument("--encoding", choices=("current", "rate"), default="current")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json", action="store_true")
+    a.add_argument("-o", "--output", required=True, help="folder for analysis.png")
+    a.set_defaults(fn=cmd_analyze)
 
     k = sub.add_parser("check", help="does a graph fit a chip? lists every violation (exit 1 if any)")
     k.add_argument("graph")

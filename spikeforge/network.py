@@ -59,7 +59,8 @@ class Network:
     layers: list[Layer] = field(default_factory=list)
     projections: list[Projection] = field(default_factory=list)
     readout: str = ""
-    depth: int = 0  # projections on the shortest path from the input to the readout layer
+    depth: int = 0  # projections on the longest feedforward path from the input to the readout
+    delays: dict[str, int] = field(default_factory=dict)  # per layer: steps until the input arrives
     aliases: dict[str, str] = field(default_factory=dict)  # Flatten name -> source name
 
     def layer(self, name: str) -> Layer:
@@ -143,6 +144,7 @@ def lower(graph: ir.Graph) -> Network:
         step = 1 if isinstance(graph.node(name), ir.FIXED_NEURONS) else 0
         preds = [p for p in graph.predecessors(name) if not graph.is_recurrent_edge(p, name)]
         hops[name] = max((hops[p] for p in preds), default=0) + step
+    net.delays = {l.name: hops[l.name] for l in net.layers}
     net.depth = hops[net.readout]
     return net
 

@@ -145,3 +145,14 @@ def test_check_lists_loihi2_violations(workdir):
     assert r.returncode == 1 and "reset='subtract'" in r.stdout and "'readout'" in r.stdout
     r = run_cli("simulate", "zero.sfg", "--backend", "loihi", "--data", "test.npz", cwd=workdir)
     assert r.returncode == 2 and "lava-loihi" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_analyze_writes_plot_and_numbers(workdir):
+    run_cli("convert", "model.onnx", "--calib", "calib.npz", "-o", "an.sfg", cwd=workdir)
+    r = run_cli("analyze", "an.sfg", "--data", "test.npz", "--limit", "60", "-o", "report", "--json", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert (workdir / "report" / "analysis.png").stat().st_size > 10_000
+    (layer,) = res["layers"]
+    assert layer["correlation"] > 0.95 and layer["mean_abs_error"] < 0.05
+    assert res["accuracy_vs_T"]["32"] >= res["ann_accuracy"] - 0.05
