@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.spikeforge-installed
 OUT     ?= out
 T       ?= 32
 
-.PHONY: demo test env bench clean
+.PHONY: demo test env bench examples clean
 
 env: $(STAMP)
 
@@ -35,6 +35,12 @@ demo: $(STAMP)
 	$(SF) simulate $(OUT)/net.sfg --backend lava --data $(OUT)/test.npz --timesteps $(T) --limit 50
 	$(SF) verify $(OUT)/net.sfg --backends cpu,lava,brian2 --data $(OUT)/test.npz --timesteps $(T) --limit 20
 	$(SF) verify $(OUT)/net-zero.sfg --backends cpu,lava,brian2 --data $(OUT)/test.npz --timesteps $(T) --limit 20
+	$(SF) analyze $(OUT)/net.sfg --data $(OUT)/test.npz --timesteps $(T) -o $(OUT)/report
+	$(SF) check $(OUT)/net-zero.sfg --target loihi2
+	$(SF) train --arch recurrent --hidden 96 64 -o $(OUT)/recurrent.sfg
+	$(SF) convert $(OUT)/recurrent.sfg --calib $(OUT)/calib.npz -o $(OUT)/net-recurrent.sfg
+	$(SF) simulate $(OUT)/net-recurrent.sfg --backend cpu --data $(OUT)/test.npz --timesteps $(T)
+	$(SF) verify $(OUT)/net-recurrent.sfg --backends cpu,lava,brian2 --data $(OUT)/test.npz --timesteps $(T) --limit 10
 	$(SF) hardware
 
 test: $(STAMP)
@@ -42,6 +48,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/backends.py
+
+examples: $(STAMP)
+	for f in relu_convergence stochastic_network robustness recurrent_dynamics voltage_trace sequence_lif; do \
+	  $(PY) examples/$$f.py --out examples/out || exit 1; done
 
 clean:
 	rm -rf $(OUT) .pytest_cache
