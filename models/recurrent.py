@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,9 +27,9 @@ import torch
 from torch import nn
 
 from spikeforge import graphio, ir
-from spikeforge.data import Dataset, split
+from spikeforge.data import Dataset
 from spikeforge.errors import DataError
-from spikeforge.models.train import _deterministic, _tensor, evaluate
+from spikeforge.models.train import fit_classifier
 
 
 class RecurrentRateNet(nn.Module):
@@ -141,62 +140,13 @@ def train_recurrent(train: Dataset, hidden: Sequence[int] = (128,), iterations: 
     Returns the model (eval mode) and info: train_accuracy, val_accuracy, seconds, epochs,
     final_loss, n_train, n_val, hidden, iterations, feedback, seed.
     """
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise DataError(f"train_recurrent: expected epochs >= 1, batch_size >= 1, lr > 0, found "
-                        f"{epochs}, {batch_size}, {lr}")
-    if not 0.0 <= occlusion < 1.0 or not input_noise >= 0.0:
-        raise DataError(f"train_recurrent: expected occlusion in [0, 1) and input_noise >= 0, "
-                        f"found {occlusion}, {input_noise}")
-    start = time.perf_counter()
-    if val is None and val_fraction > 0:
-        parts = split(train, (1.0 - val_fraction, 0.0, val_fraction), seed=seed)
-        fit, val = parts.train, parts.test
-    else:
-        fit = train
-    n_classes = int(classes) if classes is not None else max(train.classes, val.classes if val else 0)
-    with _deterministic(seed, threads):
-        model = RecurrentRateNet(fit.features, hidden, n_classes, iterations, feedback,
-                                 in_shape=fit.shape, rec_scale=rec_scale)
-        x, y = _tensor(fit)
-        x = x.reshape(fit.n, -1)
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-        steps_per_epoch = math.ceil(fit.n / batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-        loss_fn = nn.CrossEntropyLoss()
-        gen = torch.Generator().manual_seed(seed)
-        model.train()
-        final_loss = float("nan")
-        for _ in range(epochs):
-            order = torch.randperm(fit.n, generator=gen)
-            total = 0.0
-            for i in range(0, fit.n, batch_size):
-                idx = order[i:i + batch_size]
-                xb = x[idx]
-                if occlusion > 0:
-                    xb = xb * (torch.rand(xb.shape, generator=gen) >= occlusion)
-                if input_noise > 0:
-                    xb = (xb + input_noise * torch.randn(xb.shape, generator=gen)).clamp(0.0, 1.0)
-                loss = loss_fn(model(xb), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * idx.numel()
-            final_loss = total / fit.n
-        model.eval()
-        info: dict[str, Any] = {
-            "train_accuracy": evaluate(model, fit),
-            "val_accuracy": evaluate(model, val) if val is not None and val.n else float("nan"),
-            "seconds": time.perf_counter() - start,
-            "epochs": epochs,
-            "final_loss": final_loss,
-            "n_train": fit.n,
-            "n_val": val.n if val is not None else 0,
-            "hidden": model.hidden,
-            "iterations": model.iterations,
-            "feedback": model.feedback,
-            "seed": seed,
-        }
+    model, info = fit_classifier(
+        lambda fit, n_classes: RecurrentRateNet(fit.features, hidden, n_classes, iterations, feedback,
+                                                in_shape=fit.shape, rec_scale=rec_scale),
+        train, who="train_recurrent", epochs=epochs, lr=lr, seed=seed, weight_decay=weight_decay,
+        batch_size=batch_size, val=val, val_fraction=val_fraction, input_noise=input_noise,
+        occlusion=occlusion, classes=classes, threads=threads)
+    info.update(hidden=model.hidden, iterations=model.iterations, feedback=model.feedback)
     return model, info
 
 

@@ -51,8 +51,6 @@ dense models use the matching readout, the mean over the run of its per-step inp
 from __future__ import annotations
 
 import copy
-import math
-import time
 from typing import Any, Literal
 
 import numpy as np
@@ -60,9 +58,9 @@ import torch
 from torch import nn
 
 from spikeforge import ir
-from spikeforge.data import Dataset, split
+from spikeforge.data import Dataset
 from spikeforge.errors import DataError
-from spikeforge.models.train import _deterministic, _tensor, evaluate
+from spikeforge.models.train import fit_classifier
 
 ROWS = 8  #: sequence items per digit (its rows)
 ROW_LEN = 8  #: features per item (pixels per row)
@@ -291,52 +289,14 @@ def train_sequence(kind: Kind, train: Dataset, epochs: int = 40, lr: float = 3e-
     ``threads`` as there). ``options`` go to the model (see :func:`build`). Returns the model
     (eval mode) and info: kind, train_accuracy, val_accuracy, seconds, epochs, final_loss,
     n_train, n_val, seed, config."""
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise DataError(f"train_sequence: expected epochs >= 1, batch_size >= 1, lr > 0, found "
-                        f"{epochs}, {batch_size}, {lr}")
     if train.features != ROWS * ROW_LEN:
         raise DataError(f"train_sequence: expected {ROWS}x{ROW_LEN} images, found {train.features} features")
-    start = time.perf_counter()
-    if val is None and val_fraction > 0:
-        parts = split(train, (1.0 - val_fraction, 0.0, val_fraction), seed=seed)
-        fit, val = parts.train, parts.test
-    else:
-        fit = train
-    classes = int(options.pop("classes", max(train.classes, val.classes if val else 0)))
-    with _deterministic(seed, threads):
-        model = build(kind, classes=classes, **options)
-        x, y = _tensor(fit)
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(fit.n / batch_size))
-        loss_fn = nn.CrossEntropyLoss()
-        gen = torch.Generator().manual_seed(seed)
-        model.train()
-        final_loss = float("nan")
-        for _ in range(epochs):
-            order = torch.randperm(fit.n, generator=gen)
-            total = 0.0
-            for i in range(0, fit.n, batch_size):
-                idx = order[i:i + batch_size]
-                loss = loss_fn(model(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * idx.numel()
-            final_loss = total / fit.n
-        model.eval()
-        info: dict[str, Any] = {
-            "kind": kind,
-            "train_accuracy": evaluate(model, fit),
-            "val_accuracy": evaluate(model, val) if val is not None and val.n else float("nan"),
-            "seconds": time.perf_counter() - start,
-            "epochs": epochs,
-            "final_loss": final_loss,
-            "n_train": fit.n,
-            "n_val": val.n if val is not None else 0,
-            "seed": seed,
-            "config": model.config(),
-        }
+    classes = options.pop("classes", None)
+    model, info = fit_classifier(lambda fit, n_classes: build(kind, classes=n_classes, **options), train,
+                                 who="train_sequence", epochs=epochs, lr=lr, seed=seed,
+                                 weight_decay=weight_decay, batch_size=batch_size, val=val,
+                                 val_fraction=val_fraction, classes=classes, threads=threads)
+    info.update(kind=kind, config=model.config())
     return model, info
 
 

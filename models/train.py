@@ -9,7 +9,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -62,27 +62,30 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int = 4096) -> float:
     return correct / ds.n
 
 
-def train_mlp(train: Dataset, hidden: Sequence[int] = (128,), epochs: int = 60, lr: float = 3e-3,
-              seed: int = 0, weight_decay: float = 1e-4, batch_size: int = 64,
-              val: Dataset | None = None, val_fraction: float = 0.1, input_noise: float = 0.0,
-              occlusion: float = 0.0, dropout: float = 0.0, classes: int | None = None,
-              threads: int | None = 1) -> tuple[RateMLP, dict[str, Any]]:
-    """Train a :class:`RateMLP` with Adam on cross-entropy, L = -log softmax(z)_y, minibatch,
-    cosine learning-rate decay, CPU only, deterministic for a given seed.
+def fit_classifier(make: Callable[[Dataset, int], nn.Module], train: Dataset, *, who: str,
+                   epochs: int, lr: float, seed: int, weight_decay: float = 1e-4, batch_size: int = 64,
+                   val: Dataset | None = None, val_fraction: float = 0.1, input_noise: float = 0.0,
+                   occlusion: float = 0.0, classes: int | None = None,
+                   threads: int | None = 1) -> tuple[nn.Module, dict[str, Any]]:
+    """The training loop every spikeforge model shares: Adam on cross-entropy,
+    L = -log softmax(z)_y, minibatches, cosine learning-rate decay, CPU only, deterministic for
+    a given seed. ``make(fit_set, classes)`` builds the model.
 
     ``val``: held-out set for ``val_accuracy``; if None, a stratified ``val_fraction`` of
-    ``train`` is held out (0 disables). ``input_noise``: std of Gaussian noise added to inputs
-    during training (then clipped to [0, 1]); ``occlusion``: fraction of input pixels zeroed at
-    random during training. ``weight_decay``: Adam L2 coefficient.
-    ``threads``: torch intra-op threads while training (restored after); 1 is fastest for
-    digits-sized models and robust on a shared machine (2 threads can be >10x slower under
-    contention); None keeps torch's setting.
+    ``train`` is held out (0 disables). Augmentation (off by default): ``input_noise`` is the
+    std of Gaussian noise added to the inputs (then clipped to [0, 1]); ``occlusion`` the
+    fraction of input features zeroed at random. ``threads``: torch intra-op threads while
+    training (restored after); 1 is fastest for digits-sized models and robust on a shared
+    machine (2 threads can be >10x slower under contention); None keeps torch's setting.
     Returns the model (eval mode) and info: train_accuracy, val_accuracy, seconds, epochs,
-    final_loss, n_train, n_val, hidden, seed.
+    final_loss, n_train, n_val, seed.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise DataError(f"train_mlp: expected epochs >= 1, batch_size >= 1, lr > 0, found "
+        raise DataError(f"{who}: expected epochs >= 1, batch_size >= 1, lr > 0, found "
                         f"{epochs}, {batch_size}, {lr}")
+    if not 0.0 <= occlusion < 1.0 or not input_noise >= 0.0:
+        raise DataError(f"{who}: expected occlusion in [0, 1) and input_noise >= 0, "
+                        f"found {occlusion}, {input_noise}")
     start = time.perf_counter()
     if val is None and val_fraction > 0:
         parts = split(train, (1.0 - val_fraction, 0.0, val_fraction), seed=seed)
@@ -91,11 +94,10 @@ def train_mlp(train: Dataset, hidden: Sequence[int] = (128,), epochs: int = 60, 
         fit = train
     n_classes = int(classes) if classes is not None else max(train.classes, val.classes if val else 0)
     with _deterministic(seed, threads):
-        model = RateMLP(fit.features, hidden, n_classes, dropout)
+        model = make(fit, n_classes)
         x, y = _tensor(fit)
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-        steps_per_epoch = math.ceil(fit.n / batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(fit.n / batch_size))
         loss_fn = nn.CrossEntropyLoss()
         gen = torch.Generator().manual_seed(seed)
         model.train()
@@ -126,9 +128,19 @@ def train_mlp(train: Dataset, hidden: Sequence[int] = (128,), epochs: int = 60, 
             "final_loss": final_loss,
             "n_train": fit.n,
             "n_val": val.n if val is not None else 0,
-            "hidden": tuple(int(h) for h in hidden),
             "seed": seed,
         }
+    return model, info
+
+
+def train_mlp(train: Dataset, hidden: Sequence[int] = (128,), epochs: int = 60, lr: float = 3e-3,
+              seed: int = 0, dropout: float = 0.0, **options: Any) -> tuple[RateMLP, dict[str, Any]]:
+    """Train a :class:`RateMLP` with :func:`fit_classifier` (``options``: weight_decay,
+    batch_size, val, val_fraction, input_noise, occlusion, classes, threads). The info adds
+    ``hidden``."""
+    model, info = fit_classifier(lambda fit, classes: RateMLP(fit.features, hidden, classes, dropout),
+                                 train, who="train_mlp", epochs=epochs, lr=lr, seed=seed, **options)
+    info["hidden"] = tuple(int(h) for h in hidden)
     return model, info
 
 

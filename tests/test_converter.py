@@ -9,7 +9,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from spikeforge import ir
-from spikeforge.backends import get_backend
 from spikeforge.converter.ann import forward, predict
 from spikeforge.converter.onnx_import import load_onnx
 from spikeforge.converter.passes import convert, layer_reports, normalize, quantize, relu_to_if
