@@ -200,11 +200,10 @@ class Affine(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class ReLU(Node):
-    """y = clip(x, 0, upper) (ANN activation; ``upper=None`` is an unbounded ReLU)."""
+class Population(Node):
+    """A layer of ``size`` neurons (or ANN units): as many values in as out."""
 
     size: int
-    upper: float | None = None
 
     @property
     def in_size(self) -> int:
@@ -216,29 +215,32 @@ class ReLU(Node):
 
     def validate(self) -> None:
         super().validate()
+        if not isinstance(self.size, (int, np.integer)) or self.size < 1:
+            raise GraphError(f"{self.where()}: size must be a positive integer, found {self.size!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class ReLU(Population):
+    """y = clip(x, 0, upper) (ANN activation; ``upper=None`` is an unbounded ReLU)."""
+
+    upper: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
         if self.upper is not None and not self.upper > 0:
             raise GraphError(f"{self.where()}: upper bound must be > 0, found {self.upper}")
 
 
 @dataclass(frozen=True, eq=False)
-class IF(Node):
+class IF(Population):
     """Integrate-and-fire, discrete time: v += I; spike if v > v_threshold; reset.
 
     ``reset='zero'`` sets v = 0 after a spike (NIR's v_reset = 0); ``'subtract'`` sets
     v -= v_threshold, which NIR lacks and conversion accuracy needs.
     """
 
-    size: int
     v_threshold: float = 1.0
     reset: Reset = "subtract"
-
-    @property
-    def in_size(self) -> int:
-        return self.size
-
-    @property
-    def out_size(self) -> int:
-        return self.size
 
     def validate(self) -> None:
         super().validate()
@@ -249,7 +251,7 @@ class IF(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class LIF(Node):
+class LIF(Population):
     """Leaky integrate-and-fire, discrete time (dt = 1 step), NIR's LIF with a step as time unit:
 
         v_t = v_leak + (1 - 1/tau) (v_{t-1} - v_leak) + (r / tau) I_t
@@ -259,7 +261,6 @@ class LIF(Node):
     ``tau`` >= 1 in steps (tau = 1 has no memory); tau = inf is an IF neuron: v_t = v_{t-1} + r I_t.
     """
 
-    size: int
     tau: float
     v_threshold: float = 1.0
     v_leak: float = 0.0
@@ -267,14 +268,6 @@ class LIF(Node):
     r: float = 1.0
     reset: str = "subtract"
     refractory: int = 0
-
-    @property
-    def in_size(self) -> int:
-        return self.size
-
-    @property
-    def out_size(self) -> int:
-        return self.size
 
     def validate(self) -> None:
         super().validate()
@@ -290,21 +283,12 @@ class LIF(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class Stochastic(Node):
+class Stochastic(Population):
     """Memoryless stochastic neuron: fires on each step with probability clip(I, 0, 1), I its
     input current (weights times the previous step's spikes, plus bias). Its mean is a
     clipped ReLU of the mean input; quantized to :class:`FixedStochastic`."""
 
-    size: int
     seed: int = 0
-
-    @property
-    def in_size(self) -> int:
-        return self.size
-
-    @property
-    def out_size(self) -> int:
-        return self.size
 
     def validate(self) -> None:
         super().validate()
@@ -343,34 +327,16 @@ class FixedAffine(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class FixedLIF(Node):
-    """Loihi 2 CUBA LIF in fixed point (Lava 0.10 bit-accurate arithmetic), per step:
+class FixedPopulation(Population):
+    """Fixed-point neurons with a threshold and a bias: vth 17-bit unsigned (compared as
+    vth << 6), bias_mant 13-bit signed per neuron, bias_exp 3-bit unsigned; the effective
+    per-step bias is bias_mant << bias_exp state units. ``SCALARS`` are validated by BITS."""
 
-        u = wrap24(trunc(u * (4096 - du - 1) / 4096) + (a << 6))
-        v = sat24(v_rest + leak(trunc((v - v_rest) * (4096 - dv) / 4096)) + u + (bias_mant << bias_exp))
-        s = v > vth << 6 ;  v = 0 ('zero') | v_reset ('value') | v - (vth << 6) ('subtract') where s
-
-    ``leak`` shrinks |v - v_rest| by a constant without crossing v_rest (subtractive leak);
-    ``refractory`` steps after a spike hold v and allow no spike. IF is du = 4095, dv = 0.
-    Fields: vth 17-bit unsigned, du/dv 12-bit unsigned, bias_mant 13-bit signed per neuron,
-    bias_exp 3-bit unsigned, v_rest/v_reset 24-bit signed, leak 23-bit unsigned, refractory
-    8-bit unsigned. With v_rest = v_reset = leak = refractory = 0 and reset 'zero' this is
-    Lava's stock LIF; everything else runs in spikeforge's own Lava process model.
-    """
-
-    size: int
     vth: int
-    du: int = 4095
-    dv: int = 0
     bias_mant: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     bias_exp: int = 0
-    reset: str = "subtract"
-    v_rest: int = 0
-    v_reset: int = 0
-    leak: int = 0
-    refractory: int = 0
 
-    SCALARS: ClassVar[tuple[str, ...]] = ("vth", "du", "dv", "bias_exp", "v_rest", "v_reset", "leak", "refractory")
+    SCALARS: ClassVar[tuple[str, ...]] = ("vth", "bias_exp")
 
     def __post_init__(self) -> None:
         bias = np.asarray(self.bias_mant)
@@ -381,14 +347,6 @@ class FixedLIF(Node):
             value = getattr(self, name)
             if isinstance(value, (np.integer, float)) and float(value) == int(value):
                 object.__setattr__(self, name, int(value))
-
-    @property
-    def in_size(self) -> int:
-        return self.size
-
-    @property
-    def out_size(self) -> int:
-        return self.size
 
     @property
     def vth_scaled(self) -> int:
@@ -402,8 +360,6 @@ class FixedLIF(Node):
 
     def validate(self) -> None:
         super().validate()
-        if self.reset not in FIXED_RESETS:
-            raise GraphError(f"{self.where()}: reset must be one of {FIXED_RESETS}, found {self.reset!r}")
         for key in self.SCALARS:
             value = getattr(self, key)
             if not isinstance(value, (int, np.integer)):
@@ -415,6 +371,38 @@ class FixedLIF(Node):
             )
         BITS["bias_mant"].check(f"{self.where()} bias_mant", self.bias_mant)
 
+
+@dataclass(frozen=True, eq=False)
+class FixedLIF(FixedPopulation):
+    """Loihi 2 CUBA LIF in fixed point (Lava 0.10 bit-accurate arithmetic), per step:
+
+        u = wrap24(trunc(u * (4096 - du - 1) / 4096) + (a << 6))
+        v = sat24(v_rest + leak(trunc((v - v_rest) * (4096 - dv) / 4096)) + u + (bias_mant << bias_exp))
+        s = v > vth << 6 ;  v = 0 ('zero') | v_reset ('value') | v - (vth << 6) ('subtract') where s
+
+    ``leak`` shrinks |v - v_rest| by a constant without crossing v_rest (subtractive leak);
+    ``refractory`` steps after a spike hold v and allow no spike. IF is du = 4095, dv = 0.
+    Fields: du/dv 12-bit unsigned, v_rest/v_reset 24-bit signed, leak 23-bit unsigned,
+    refractory 8-bit unsigned (and those of FixedPopulation). With v_rest = v_reset = leak =
+    refractory = 0 and reset 'zero' this is Lava's stock LIF; everything else runs in
+    spikeforge's own Lava process model.
+    """
+
+    du: int = 4095
+    dv: int = 0
+    reset: str = "subtract"
+    v_rest: int = 0
+    v_reset: int = 0
+    leak: int = 0
+    refractory: int = 0
+
+    SCALARS: ClassVar[tuple[str, ...]] = ("vth", "du", "dv", "bias_exp", "v_rest", "v_reset", "leak", "refractory")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.reset not in FIXED_RESETS:
+            raise GraphError(f"{self.where()}: reset must be one of {FIXED_RESETS}, found {self.reset!r}")
+
     @property
     def lava_stock(self) -> bool:
         """True if Lava's stock LIF (and Loihi 2's native neuron) computes this layer."""
@@ -422,59 +410,24 @@ class FixedLIF(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class FixedStochastic(Node):
+class FixedStochastic(FixedPopulation):
     """Memoryless stochastic neuron in fixed point: with z = (a << 6) + (bias_mant << bias_exp),
 
         spike = z > r,  r uniform in [0, vth << 6)  =>  P(spike) = clip(z / (vth << 6), 0, 1)
 
     r comes from spikeforge.neuron.uniform_ints(seed, sample, step, neuron), so every backend
-    draws the same numbers. Fields: vth 17-bit unsigned, bias_mant 13-bit signed, bias_exp
-    3-bit unsigned, seed 32-bit unsigned. Simulation only: no Loihi 2 neuron implements it.
+    draws the same numbers. ``seed``: 32-bit unsigned. Simulation only: no Loihi 2 neuron
+    implements it.
     """
 
-    size: int
-    vth: int
-    bias_mant: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    bias_exp: int = 0
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        bias = np.asarray(self.bias_mant)
-        if bias.size == 0:
-            bias = np.zeros(self.size, np.int64)
-        object.__setattr__(self, "bias_mant", _as_array(bias, np.int64))
-        for name in ("size", "vth", "bias_exp", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, (np.integer, float)) and float(value) == int(value):
-                object.__setattr__(self, name, int(value))
-
-    @property
-    def in_size(self) -> int:
-        return self.size
-
-    @property
-    def out_size(self) -> int:
-        return self.size
-
-    @property
-    def vth_scaled(self) -> int:
-        return self.vth << 6
-
-    @property
-    def bias(self) -> np.ndarray:
-        return self.bias_mant << self.bias_exp
+    SCALARS: ClassVar[tuple[str, ...]] = ("vth", "bias_exp", "seed")
 
     def validate(self) -> None:
         super().validate()
-        for key in ("vth", "bias_exp", "seed"):
-            BITS[key].check(f"{self.where()} {key}", getattr(self, key))
         if self.vth < 1:
             raise GraphError(f"{self.where()} vth: expected >= 1, found {self.vth}")
-        if self.bias_mant.shape != (self.size,):
-            raise GraphError(
-                f"{self.where()}: bias_mant shape expected ({self.size},), found {self.bias_mant.shape}"
-            )
-        BITS["bias_mant"].check(f"{self.where()} bias_mant", self.bias_mant)
 
 
 #: Node types that carry synaptic weights (their input arrives one step later).
