@@ -1,28 +1,41 @@
 """The brian2 backend: the independent reference, spikeforge's integer semantics written in
 Brian2's own language.
 
-Every layer is a ``NeuronGroup`` of int64 state variables (``u``, ``v`` and one accumulator
-``acc_k`` per incoming projection); every projection is a ``Synapses`` object whose
+Every layer is a ``NeuronGroup`` of int64 variables (one accumulator ``acc_k`` per incoming
+projection, and the layer's state); every projection is a ``Synapses`` object whose
 ``on_pre`` adds ``w`` (or ``w * p_pre`` for the graded input) to its accumulator; the
 neuron update is a ``run_regularly`` block at ``when='start'`` in integer arithmetic
 (rounding written with ``//`` on integers, which Brian2 renders as Python's floor division
-on both the numpy and the cython target); threshold and reset are Brian2's own. No numpy
-code of ours computes the dynamics: this file only builds the Brian2 objects and reads the
-monitors back.
+on both the numpy and the cython target; no ``sign``/``abs``, which the cython target lacks
+for integers: signs are written ``int(x > 0)``); threshold and reset are Brian2's own. The
+per-layer constants (decays, threshold, v_rest, v_reset, leak, refractory period, shifts)
+are shared integer variables of the group. No numpy code of ours computes the dynamics:
+this file only builds the Brian2 objects, computes the stochastic layers' random draws
+(their input) and reads the monitors back.
+
+``FixedLIF`` (spikeforge.neuron.lif_step): state ``u``, ``v`` and, with a refractory
+period, ``ref`` (steps left) and ``held`` (1 on a refractory step: v keeps its old value,
+the threshold ``v > vth and held == 0`` cannot fire); the subtractive leak and v_rest are
+in the update; the reset (``v = 0``, ``v = vreset`` or ``v -= vth``, and ``ref = refr``) is
+Brian2's. ``FixedStochastic``: memoryless, ``z = a * 64 + bias`` at ``start``, threshold
+``z > r`` where ``r`` is this step's draw, read from a ``TimedArray`` that holds
+spikeforge.neuron.uniform_ints(seed, sample, step, neuron) for every sample and step of the
+run (the same counter-based stream the other backends draw).
 
 Order within one time step (Brian2's schedule ``start, groups, thresholds, synapses,
 resets, end``) gives spikeforge's one step of synaptic delay: at ``start`` a layer turns
 the accumulators filled by the previous step's spikes into ``a``, zeroes them and updates
-``u`` and ``v``; at ``thresholds`` it spikes; at ``synapses`` the spikes of this step fill
+its state; at ``thresholds`` it spikes; at ``synapses`` the spikes of this step fill
 the accumulators for the next; at ``resets`` ``v`` is reset. The input is a group whose
 integer payload ``p`` is read from a ``TimedArray`` at ``start`` and which "spikes" where
 ``p > 0``.
 
 Many samples run either as copies of the network (``mode='batch'``, the default: groups of
 ``copies * n`` neurons with block-diagonal synapses, one run of ``T + depth`` steps per
-chunk of samples) or one after the other in one long run (``mode='concat'``: the samples'
-payloads concatenated in time, and ``u``, ``v`` and the accumulators zeroed at the first
-step of every window of ``T + depth`` steps, using ``t_in_timesteps``).
+chunk of samples; the draws of copy c in the chunk starting at sample s are those of sample
+s + c) or one after the other in one long run (``mode='concat'``: the samples' payloads and
+draws concatenated in time, and ``u``, ``v``, ``ref`` and the accumulators zeroed at the
+first step of every window of ``T + depth`` steps, using ``t_in_timesteps``).
 
 Brian2 is imported lazily, inside the functions, never at module import.
 """
@@ -67,7 +80,8 @@ class Brian2Backend(Backend):
     """Brian2 reference backend.
 
     ``target``: Brian2 code generation target, ``'numpy'`` (default: no compiler needed) or
-    ``'cython'`` (fast per step, but a cold compile takes about a minute).
+    ``'cython'`` (fast per step, but every Brian2 object is its own extension module: a cold
+    compile takes about 30 s for the smallest network here, minutes for larger ones).
     ``mode``: ``'batch'`` (samples as copies of the network) or ``'concat'`` (one long
     run with a reset at every sample window). ``max_synapses`` bounds the size of one
     batch of copies.
@@ -310,7 +324,7 @@ class _Model:
         common = dict(clock=self.clock, codeobj_class=codeobj)
         self.payload = b2.TimedArray(np.zeros((1, copies * net.input.size)), dt=self.dt, name="sf_payload")
         # Input: integer payload p per step; "spikes" where p > 0 (graded spike p).
-        self.inp = b2.NeuronGroup(copies * net.input.size, "p : integer", threshold="p > 0", reset=None,
+        self.inp = b2.NeuronGroup(copies * net.input.size, "p : integer", threshold="p > 0", reset="",
                                   namespace={"sf_payload": self.payload}, dtype={"p": _INT},
                                   name="sf_input", **common)
         self.inp.run_regularly("p = int(sf_payload(t, i))", when="start", name="sf_input_read",
@@ -327,7 +341,7 @@ class _Model:
                 namespace[draws] = b2.TimedArray(np.zeros((1, copies * layer.size)), dt=self.dt, name=draws)
                 self.draws[layer.name] = namespace[draws]
                 eqs = _stochastic_equations(len(incoming), win)
-                threshold, reset = "z > r", None
+                threshold, reset = "z > r", ""
                 update = _stochastic_update(len(incoming), win, draws)
             else:
                 eqs = _lif_equations(node, len(incoming), win)
