@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("lava")
+import lava  # noqa: E402,F401  (the real runtime; CI installs it)
 
 from spikeforge import ir  # noqa: E402
 from spikeforge.backends import get_backend  # noqa: E402
@@ -481,8 +481,7 @@ def test_unpack_spike_words():
 
 def test_loihi_unavailable_message():
     status = hardware_status()
-    if status["available"]:
-        pytest.skip("a Loihi 2 system is available here")
+    assert not status["available"], "this test describes a machine without Loihi 2 hardware"
     assert not status["lava_loihi"]
     expected = (f"{NEEDS}; found: lava-loihi not installed, ")
     graph = random_fixed_graph([12, 16, 6], seed=1, reset="zero")

@@ -211,7 +211,6 @@ def test_converted_net_within_tolerance_of_dense(digits: data.Split, trained) ->
 
 @pytest.mark.parametrize("backend", ["lava", "brian2"])
 def test_spike_exact_against_cpu(digits: data.Split, trained, backend: str) -> None:
-    pytest.importorskip(backend)
     model, _, fixed = trained
     payloads = sq.sequence_payloads(digits.test.x[:3], model.steps_per_item)
     cpu = get_backend("cpu")
