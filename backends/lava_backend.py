@@ -41,6 +41,7 @@ Lava is imported only inside functions.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -48,7 +49,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
@@ -340,17 +341,25 @@ def execute(program: LavaProgram, payloads: np.ndarray,
     ro = lifs[program.net.readout]
     v_rec = WindowRecorder(shape=(ro.a_in.shape[0],), window=steps, windows=batch)
     ro.v_out.connect(v_rec.a_in)
-    try:
+    with _stopped(src, on_error):
         _run_watched(src, batch * steps, _run_cfg(program.hardware), deadline)
         spikes = {name: _unpack(rec.data.get(), batch, steps) for name, rec in recorders.items()}
         v_final = v_rec.data.get().T.astype(np.int64)
+    return spikes, v_final
+
+
+@contextlib.contextmanager
+def _stopped(src: Any, on_error: Callable[[BaseException], None] | None) -> Iterator[None]:
+    """Stop the runtime of ``src`` after the block; on any error call ``on_error(exc)``, kill
+    the runtime's processes (``stop()`` hangs after a ProcessModel exception) and re-raise."""
+    try:
+        yield
     except BaseException as exc:
         if on_error is not None:
             on_error(exc)
         _abort(src)
         raise
     src.stop()
-    return spikes, v_final
 
 
 def _execute_stock(program: LavaProgram, payloads: np.ndarray,
@@ -372,7 +381,7 @@ def _execute_stock(program: LavaProgram, payloads: np.ndarray,
     ro = lifs[program.net.readout]
     v_final = np.zeros((batch, ro.v.shape[0]), np.int64)
     cfg = _run_cfg(program.hardware)
-    try:
+    with _stopped(src, on_error):
         for b in range(batch):
             if b:
                 for lif in lifs.values():
@@ -383,12 +392,6 @@ def _execute_stock(program: LavaProgram, payloads: np.ndarray,
             _run_watched(src, steps, cfg, deadline)
             v_final[b] = ro.v.get().astype(np.int64)
         spikes = {name: _unpack(rec.data.get(), batch, steps) for name, rec in recorders.items()}
-    except BaseException as exc:
-        if on_error is not None:
-            on_error(exc)
-        _abort(src)
-        raise
-    src.stop()
     return spikes, v_final
 
 
