@@ -87,7 +87,7 @@ def load_onnx(path: str | Path) -> ir.Graph:
 
     nodes = list(g.node)
     for i, node in enumerate(nodes):
-        op, name, a = node.op_type, _clean(node.name or node.output[0]), _attrs(node)
+        op, name, a = node.op_type, _clean(node.name or node.output[0], node.op_type), _attrs(node)
         if op == "Constant":
             from onnx import numpy_helper as nh
 
@@ -190,8 +190,13 @@ def load_onnx(path: str | Path) -> ir.Graph:
     return b.build(source=str(path))
 
 
-def _clean(name: str) -> str:
-    return name.strip("/").replace("/", "_") or "node"
+def _clean(name: str, op: str = "") -> str:
+    """A readable IR name from an ONNX node name: torch's '/net/net.2/Clip' becomes 'net.2'
+    (the module path's last part); other names keep their text with '/' as '_'."""
+    parts = [p for p in name.strip("/").split("/") if p]
+    if len(parts) > 1 and op and parts[-1].split("_")[0] == op:
+        return parts[-2]
+    return "_".join(parts) or "node"
 
 
 class _Builder:
