@@ -195,3 +195,17 @@ def test_quantize_counts_saturation():
     assert r.saturated_biases == 1 and r.clipped_weights >= 1
     assert q.node("n").bias_exp == 7
     assert int(np.abs(q.node("fc").weight).max()) <= 127
+
+
+def test_from_torch_matches_module(user_relu_model, digits):
+    from spikeforge.converter.torch_import import from_torch
+
+    _, m = user_relu_model
+    g = from_torch(m, (8, 8))
+    _, _, xte, _ = digits
+    with torch.no_grad():
+        expect = m(torch.tensor(xte).reshape(-1, 8, 8)).numpy()
+    np.testing.assert_allclose(forward(g, xte)[g.output.name], expect, atol=1e-4)
+    bad = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Sigmoid())
+    with pytest.raises(UnsupportedError, match=r"^torch module Sequential: unsupported ops: node .*\(Sigmoid\)"):
+        from_torch(bad, (4,))

@@ -1,0 +1,41 @@
+"""torch.nn.Module -> spikeforge IR, through ONNX (the same importer, so the same ops and errors).
+
+    graph = from_torch(model, input_shape=(8, 8))
+
+Supports what the ONNX importer supports: Linear, ReLU, Hardtanh(0, m) / clamp(0, m),
+Flatten, Dropout, BatchNorm1d after Linear, a final (Log)Softmax.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from spikeforge import ir
+from spikeforge.converter.onnx_import import load_onnx
+from spikeforge.errors import SpikeforgeError, UnsupportedError
+
+
+def from_torch(model: "torch.nn.Module", input_shape: Sequence[int]) -> ir.Graph:  # noqa: F821
+    """Export ``model`` (eval mode, per-sample ``input_shape``) to ONNX and import it."""
+    import torch
+
+    model = model.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{type(model).__name__}.onnx"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, torch.zeros((1, *input_shape)), str(path), dynamo=False,
+                                  input_names=["input"], output_names=["output"],
+                                  dynamic_axes={"input": {0: "batch"}}, opset_version=17)
+        except Exception as exc:  # torch raises many kinds; say which module failed and why
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UnsupportedError(f"{type(model).__name__}: torch could not export it to ONNX ({first})") from None
+        try:
+            graph = load_onnx(path)
+        except SpikeforgeError as exc:  # name the module, not the temporary file
+            raise type(exc)(str(exc).replace(str(path), f"torch module {type(model).__name__}")) from None
+    return graph.with_metadata(source=f"torch:{type(model).__name__}")
