@@ -66,8 +66,12 @@ class Backend(ABC):
         """Build the backend's program for ``graph`` (done once)."""
 
     @abstractmethod
-    def run(self, program: Any, payloads: np.ndarray) -> RunResult:
-        """Run samples: payloads int (batch, steps, inputs), see spikeforge.encoding."""
+    def run(self, program: Any, payloads: np.ndarray, sample_offset: int = 0) -> RunResult:
+        """Run samples: payloads int (batch, steps, inputs), see spikeforge.encoding.
+
+        ``sample_offset`` is the index of ``payloads[0]`` among all the samples of the user's
+        run; it numbers the samples for the stochastic neurons' random streams, so running a
+        data set in chunks gives the same spikes as running it whole."""
 
 
 _REGISTRY: dict[str, str] = {

@@ -130,7 +130,7 @@ class Brian2Backend(Backend):
         return Brian2Program(net, self.target, self.mode, self.max_synapses, nnz)
 
     # -- run -------------------------------------------------------------------------------
-    def run(self, program: Brian2Program, payloads: np.ndarray) -> RunResult:
+    def run(self, program: Brian2Program, payloads: np.ndarray, sample_offset: int = 0) -> RunResult:
         net = program.net
         payloads = _check_payloads(net, payloads)
         batch, steps, _ = payloads.shape
@@ -139,9 +139,9 @@ class Brian2Backend(Backend):
         v_final = np.zeros((batch, ro.size), _INT)
         if batch and steps:
             if program.mode == "batch":
-                _run_batched(program, payloads, spikes, v_final)
+                _run_batched(program, payloads, spikes, v_final, sample_offset)
             else:
-                _run_concat(program, payloads, spikes, v_final)
+                _run_concat(program, payloads, spikes, v_final, sample_offset)
         return RunResult(spikes, v_final, net.readout, ro.node.vth_scaled)
 
 
@@ -450,7 +450,8 @@ def _draws(layer, samples: np.ndarray, steps: int) -> np.ndarray:
     return out
 
 
-def _run_batched(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_final: np.ndarray) -> None:
+def _run_batched(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_final: np.ndarray,
+                 offset: int = 0) -> None:
     net = program.net
     batch, steps, n_in = payloads.shape
     copies = _batch_size(program, batch)
@@ -460,7 +461,7 @@ def _run_batched(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_f
         used = chunk.shape[0]
         values = np.zeros((steps, copies, n_in), _INT)  # padding copies get no input
         values[:, :used] = chunk.transpose(1, 0, 2)
-        draws = {layer.name: _draws(layer, np.arange(start, start + copies), steps)
+        draws = {layer.name: _draws(layer, np.arange(offset + start, offset + start + copies), steps)
                  .transpose(1, 0, 2).reshape(steps, copies * layer.size)
                  for layer in net.layers if layer.stochastic}  # padding copies: unused draws
         model.run(values.reshape(steps, copies * n_in), draws)
@@ -473,11 +474,12 @@ def _run_batched(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_f
         v_final[start:start + used] = np.asarray(ro.v[:], _INT).reshape(copies, -1)[:used]
 
 
-def _run_concat(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_final: np.ndarray) -> None:
+def _run_concat(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_final: np.ndarray,
+                offset: int = 0) -> None:
     net = program.net
     batch, steps, n_in = payloads.shape
     model = _Model(program, 1, steps)
-    draws = {layer.name: _draws(layer, np.arange(batch), steps).reshape(batch * steps, layer.size)
+    draws = {layer.name: _draws(layer, np.arange(offset, offset + batch), steps).reshape(batch * steps, layer.size)
              for layer in net.layers if layer.stochastic}
     model.run(payloads.reshape(batch * steps, n_in), draws)
     for layer in net.layers:

@@ -37,11 +37,11 @@ class CpuBackend(Backend):
         batched = net.feedforward if self.time_batched is None else (self.time_batched and net.feedforward)
         return CpuProgram(net, [l.name for l in net.layers], batched)
 
-    def run(self, program: CpuProgram, payloads: np.ndarray) -> RunResult:
+    def run(self, program: CpuProgram, payloads: np.ndarray, sample_offset: int = 0) -> RunResult:
         net = program.net
         payloads = check_payloads(net, payloads)
         run = _run_time_batched if program.time_batched else _run_stepwise
-        spikes, v_final = run(net, payloads)
+        spikes, v_final = run(net, payloads, sample_offset)
         ro = net.layer(net.readout)
         return RunResult(spikes, v_final, net.readout, ro.node.vth_scaled)
 
@@ -65,7 +65,7 @@ def _max_input(net: Network, proj) -> int:
     return net.input.payload_max if proj.graded else 1
 
 
-def _run_time_batched(net: Network, payloads: np.ndarray) -> tuple[dict, np.ndarray]:
+def _run_time_batched(net: Network, payloads: np.ndarray, offset: int) -> tuple[dict, np.ndarray]:
     """Feedforward: a layer's synaptic input for all steps is one matmul of its sources'
     whole spike trains, shifted by the one-step delay; then the neuron scan over time."""
     batch, steps, _ = payloads.shape
@@ -79,14 +79,14 @@ def _run_time_batched(net: Network, payloads: np.ndarray) -> tuple[dict, np.ndar
         params, state = layer.params, lif_init(batch, layer.size)
         s = np.zeros((batch, steps, layer.size), bool)
         for t in range(steps):
-            state, s[:, t] = _neuron_step(layer, params, state, a[:, t], t)
+            state, s[:, t] = _neuron_step(layer, params, state, a[:, t], t, offset)
         out[layer.name] = s
         if layer.name == net.readout:
             v_final = state.v
     return {l.name: out[l.name] for l in net.layers}, v_final
 
 
-def _run_stepwise(net: Network, payloads: np.ndarray) -> tuple[dict, np.ndarray]:
+def _run_stepwise(net: Network, payloads: np.ndarray, offset: int) -> tuple[dict, np.ndarray]:
     """Any graph: all layers update synchronously from the previous step's spikes."""
     batch, steps, _ = payloads.shape
     states = {l.name: lif_init(batch, l.size) for l in net.layers}
@@ -100,7 +100,7 @@ def _run_stepwise(net: Network, payloads: np.ndarray) -> tuple[dict, np.ndarray]
             a = np.zeros((batch, layer.size), np.int64)
             for proj in net.incoming(layer.name):
                 a += dense(proj.weight, proj.weight_exp, prev[proj.src], _max_input(net, proj))
-            states[layer.name], s = _neuron_step(layer, params[layer.name], states[layer.name], a, t)
+            states[layer.name], s = _neuron_step(layer, params[layer.name], states[layer.name], a, t, offset)
             spikes[layer.name][:, t] = s
             new[layer.name] = s.astype(np.int64)
         new[net.input.name] = payloads[:, t]
@@ -108,9 +108,10 @@ def _run_stepwise(net: Network, payloads: np.ndarray) -> tuple[dict, np.ndarray]
     return spikes, states[net.readout].v
 
 
-def _neuron_step(layer, params, state, a: np.ndarray, t: int):
-    """One step of a layer: LIF (stateful) or stochastic (memoryless, counter-based draws)."""
+def _neuron_step(layer, params, state, a: np.ndarray, t: int, offset: int):
+    """One step of a layer: LIF (stateful) or stochastic (memoryless, counter-based draws
+    for samples offset .. offset + batch - 1)."""
     if layer.stochastic:
-        r = uniform_ints(params.seed, np.arange(a.shape[0]), t, a.shape[1], params.vth << 6)
+        r = uniform_ints(params.seed, np.arange(offset, offset + a.shape[0]), t, a.shape[1], params.vth << 6)
         return state, stochastic_step(params, a, r)
     return lif_step(params, state, a)

@@ -161,7 +161,7 @@ class LavaBackend(Backend):
         return program
 
     # -- run ---------------------------------------------------------------------------
-    def run(self, program: LavaProgram, payloads: np.ndarray) -> RunResult:
+    def run(self, program: LavaProgram, payloads: np.ndarray, sample_offset: int = 0) -> RunResult:
         """payloads int (batch, steps, inputs), 8-bit -> spikes of every layer, v_final."""
         net = program.net
         p = check_payloads(net, payloads).astype(np.int32)
@@ -180,7 +180,7 @@ class LavaBackend(Backend):
             if timeout is None:
                 timeout = 120 + 0.05 * chunk.shape[0] * steps
             # stochastic layers draw by the sample's index in this whole batch
-            fn = functools.partial(execute, sample_offset=start)
+            fn = functools.partial(execute, sample_offset=sample_offset + start)
             if self.isolate:
                 parts.append(run_isolated(fn, (program, chunk), timeout))
             else:

@@ -198,11 +198,11 @@ class LoihiBackend(Backend):
         import_lava()
         return build_program(self.lower(graph), graph, "stock", hardware=True)
 
-    def run(self, program: Any, payloads: np.ndarray) -> RunResult:
+    def run(self, program: Any, payloads: np.ndarray, sample_offset: int = 0) -> RunResult:
         """payloads int (batch, steps, inputs), 8-bit -> RunResult, one chip run per sample."""
         require_hardware()
         from spikeforge.backends.lava_backend import LavaBackend
 
         runner = LavaBackend(neuron="stock", isolate=self.isolate, timeout=self.timeout,
                              chunk_steps=self.chunk_steps)
-        return runner.run(program, payloads)
+        return runner.run(program, payloads, sample_offset)

@@ -32,16 +32,32 @@ def payloads_for(graph: ir.Graph, x: np.ndarray, timesteps: int, encoding: Encod
     return encode(x, timesteps, net.depth, net.input.payload_max, encoding, seed)
 
 
+#: Largest payload array (samples x steps x inputs) encoded and run at once: bounds memory.
+CHUNK_VALUES = 2**25
+
+
 def simulate(graph: ir.Graph, backend: str, x: np.ndarray, timesteps: int,
              encoding: Encoding = "current", seed: int = 0, **options: Any) -> Simulation:
-    """Encode x, compile the graph on ``backend`` once, run all samples."""
-    payloads = payloads_for(graph, x, timesteps, encoding, seed)
+    """Encode x, compile the graph on ``backend`` once, run all samples (in chunks of at most
+    CHUNK_VALUES payload values; the spikes do not depend on the chunking)."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    net = lower(graph)
+    steps = net.steps(timesteps)
+    per_chunk = max(1, CHUNK_VALUES // max(1, steps * x.shape[1]))
     be = get_backend(backend, **options)
     t0 = time.perf_counter()
     program = be.compile(graph)
-    result = be.run(program, payloads)
+    parts = []
+    for start in range(0, max(len(x), 1), per_chunk):
+        chunk = x[start:start + per_chunk]
+        # the rate code draws per chunk from (seed, chunk start): reproducible for a given data set
+        payloads = payloads_for(graph, chunk, timesteps, encoding, seed + start)
+        parts.append(be.run(program, payloads, sample_offset=start))
+    result = parts[0] if len(parts) == 1 else RunResult(
+        {k: np.concatenate([p.spikes[k] for p in parts]) for k in parts[0].spikes},
+        np.concatenate([p.v_final for p in parts]), parts[0].readout, parts[0].vth_scaled)
     seconds = time.perf_counter() - t0
-    return Simulation(backend, result, result.predictions, timesteps, payloads.shape[1], seconds)
+    return Simulation(backend, result, result.predictions, timesteps, steps, seconds)
 
 
 class Divergence(NamedTuple):

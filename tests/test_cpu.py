@@ -164,3 +164,19 @@ def test_subtractive_leak_stops_at_rest():
     p = LIFParams(vth=1000, du=4095, dv=0, bias=np.zeros(1, np.int64), reset="zero", leak=1000)
     vs, _ = _trace(p, [-50, 0, 0, 0])
     assert vs == [-3200, -2200, -1200, -200]
+
+
+def test_chunked_simulation_equals_whole(monkeypatch):
+    from spikeforge import runner
+
+    g = random_fixed_graph([10, 8, 4], seed=5, recurrent=True)
+    stoch = g.with_nodes([ir.FixedStochastic(n.name, n.size, vth=n.vth, bias_mant=n.bias_mant,
+                                             bias_exp=n.bias_exp, seed=7) if n.name == "lif1" else n
+                          for n in g.nodes])
+    x = random_inputs(9, 10, seed=3)
+    whole = runner.simulate(stoch, "cpu", x, 12)
+    monkeypatch.setattr(runner, "CHUNK_VALUES", 10 * 14 * 2)  # two samples per chunk
+    chunked = runner.simulate(stoch, "cpu", x, 12)
+    for k in whole.result.spikes:
+        assert np.array_equal(whole.result.spikes[k], chunked.result.spikes[k])
+    assert np.array_equal(whole.result.v_final, chunked.result.v_final)
