@@ -15,8 +15,9 @@ import numpy as np
 from spikeforge import ir
 from spikeforge.backends.base import Backend, RunResult
 from spikeforge.errors import DataError
-from spikeforge.network import Network
-from spikeforge.neuron import dense, lif_init, lif_step, stochastic_step, uniform_ints
+from spikeforge.network import Layer, Network, Projection
+from spikeforge.neuron import (LIFParams, LIFState, StochasticParams, dense, lif_init, lif_step,
+                               stochastic_step, uniform_ints)
 
 
 @dataclass
@@ -61,7 +62,7 @@ def check_payloads(net: Network, payloads: np.ndarray) -> np.ndarray:
     return p.astype(np.int64)
 
 
-def _max_input(net: Network, proj) -> int:
+def _max_input(net: Network, proj: Projection) -> int:
     return net.input.payload_max if proj.graded else 1
 
 
@@ -108,7 +109,8 @@ def _run_stepwise(net: Network, payloads: np.ndarray, offset: int) -> tuple[dict
     return spikes, states[net.readout].v
 
 
-def _neuron_step(layer, params, state, a: np.ndarray, t: int, offset: int):
+def _neuron_step(layer: Layer, params: LIFParams | StochasticParams, state: LIFState, a: np.ndarray,
+                 t: int, offset: int) -> tuple[LIFState, np.ndarray]:
     """One step of a layer: LIF (stateful) or stochastic (memoryless, counter-based draws
     for samples offset .. offset + batch - 1)."""
     if layer.stochastic:

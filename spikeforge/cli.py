@@ -7,14 +7,18 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from spikeforge.errors import SpikeforgeError
 
+if TYPE_CHECKING:
+    from spikeforge import ir
+    from spikeforge.data import Dataset
 
-def _load_data(spec: str, limit: int | None):
+
+def _load_data(spec: str, limit: int | None) -> "Dataset":
     from spikeforge import data
 
     ds = data.load(spec)
@@ -25,7 +29,7 @@ def _load_data(spec: str, limit: int | None):
     return ds
 
 
-def _positive(name: str):
+def _positive(name: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -77,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- convert ------------------------------------------------------------------------------------
-def _import_model(path: Path, dt: float = 1e-3):
+def _import_model(path: Path, dt: float = 1e-3) -> "ir.Graph":
     suffix = path.suffix.lower()
     if suffix == ".nir":
         from spikeforge.converter.nir_io import load_nir
@@ -138,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # -- simulate / verify --------------------------------------------------------------------------
-def _graphs(path: str):
+def _graphs(path: str) -> tuple["ir.Graph", "ir.Graph | None"]:
     from spikeforge import graphio
 
     graphs = graphio.load_all(path)
@@ -147,7 +151,7 @@ def _graphs(path: str):
     return graphs["snn"], graphs.get("ann")
 
 
-def _ann_accuracy(ann, x: np.ndarray, y: np.ndarray) -> float | None:
+def _ann_accuracy(ann: "ir.Graph | None", x: np.ndarray, y: np.ndarray) -> float | None:
     if ann is None:
         return None
     from spikeforge.converter.ann import predict
@@ -253,7 +257,10 @@ def cmd_hardware(args: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spikeforge", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="spikeforge",
+        description="Trained rate ANN -> quantized spiking IF/LIF graph (Loihi 2 fixed point), "
+                    "run spike for spike on cpu, Brian2 and Lava; see README.md and docs/semantics.md.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a rate (clipped-ReLU) network and export it to ONNX")
