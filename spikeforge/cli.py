@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
 import numpy as np
 
@@ -34,9 +34,9 @@ def _positive(name: str) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected an integer, found {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
         if value < 1:
-            raise argparse.ArgumentTypeError(f"{name}: expected an integer >= 1, found {value}")
+            raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {value}")
         return value
     return parse
 
@@ -256,8 +256,15 @@ def cmd_hardware(args: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``prog: error: ...``, exit 2); ``-h`` shows the usage."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} -h')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="spikeforge",
         description="Trained rate ANN -> quantized spiking IF/LIF graph (Loihi 2 fixed point), "
                     "run spike for spike on cpu, Brian2 and Lava; see README.md and docs/semantics.md.")
