@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 import numpy as np
 
@@ -29,16 +29,15 @@ def _load_data(spec: str, limit: int | None) -> "Dataset":
     return ds
 
 
-def _positive(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {value}")
-        return value
-    return parse
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {value}")
+    return value
 
 
 # -- train --------------------------------------------------------------------------------------
@@ -274,12 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", choices=("mlp", "recurrent"), default="mlp",
                    help="mlp: feedforward, written as ONNX; recurrent: layer recurrence and feedback, "
                         "written as a spikeforge ANN graph (.sfg)")
-    t.add_argument("--iterations", type=_positive("--iterations"), default=12,
+    t.add_argument("--iterations", type=_positive, default=12,
                    help="recurrent: iterations K of the rate model (output averaged over them)")
     t.add_argument("--no-feedback", action="store_true", help="recurrent: no feedback from the next layer")
     t.add_argument("--data", default="digits", help="'digits' (embedded), a .npz with x and y, or an MNIST idx folder")
-    t.add_argument("--hidden", type=_positive("--hidden"), nargs="+", default=[128])
-    t.add_argument("--epochs", type=_positive("--epochs"), default=None)
+    t.add_argument("--hidden", type=_positive, nargs="+", default=[128])
+    t.add_argument("--epochs", type=_positive, default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--calib-out", help="calibration split (default: calib.npz beside the model)")
     t.add_argument("--test-out", help="test split (default: test.npz beside the model)")
@@ -315,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--backends", default="cpu,lava,brian2")
         s.add_argument("--data", required=True)
-        s.add_argument("--timesteps", type=_positive("--timesteps"), default=32)
-        s.add_argument("--limit", type=_positive("--limit"), default=None)
+        s.add_argument("--timesteps", type=_positive, default=32)
+        s.add_argument("--limit", type=_positive, default=None)
         s.add_argument("--encoding", choices=("current", "rate"), default="current")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--json", action="store_true")
@@ -325,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="per-layer ANN vs SNN rates, accuracy against T, raster (PNG)")
     a.add_argument("graph")
     a.add_argument("--data", required=True)
-    a.add_argument("--timesteps", type=_positive("--timesteps"), default=32)
-    a.add_argument("--limit", type=_positive("--limit"), default=200)
+    a.add_argument("--timesteps", type=_positive, default=32)
+    a.add_argument("--limit", type=_positive, default=200)
     a.add_argument("--encoding", choices=("current", "rate"), default="current")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--json", action="store_true")
