@@ -19,6 +19,7 @@ import numpy as np
 
 from spikeforge import ir
 from spikeforge.errors import SpikeforgeError, UnsupportedError
+from spikeforge.fileio import atomic_path
 
 IMPORTED = ("Input", "Output", "Affine", "Linear", "Flatten", "IF", "LIF")
 
@@ -167,10 +168,5 @@ def save_nir(graph: ir.Graph, path: str | Path, dt: float = 1e-3) -> None:
                                 v_threshold=ones * node.v_threshold,
                                 v_reset=ones * (node.v_reset if node.reset == "value" else 0.0))
     nir_graph = nir.NIRGraph(nodes=out, edges=[list(e) for e in graph.edges], metadata={"dt": dt, "producer": "spikeforge"})
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         nir.write(str(tmp), nir_graph)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 
 from spikeforge.data import Dataset, split
 from spikeforge.errors import DataError, SpikeforgeError
+from spikeforge.fileio import atomic_path
 from spikeforge.models.mlp import RateMLP
 
 #: Largest |onnxruntime - torch| logit difference export_onnx accepts.
@@ -166,38 +166,31 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], input_shape: Seq
     import onnx
 
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise DataError(f"{path}: expected an existing directory {directory}, found nothing")
     shape = tuple(int(d) for d in input_shape)
     was_training = model.training
     model.eval()
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (torch.zeros((2,) + shape),), tmp, dynamo=False, opset_version=opset,
-                input_names=["input"], output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                do_constant_folding=True,
-            )
-        onnx.checker.check_model(tmp)
-        gen = torch.Generator().manual_seed(0)
-        probe = torch.rand((5,) + shape, generator=gen)
-        with torch.no_grad():
-            want = model(probe).numpy()
-        got = _ort_session(tmp).run(["logits"], {"input": probe.numpy()})[0]
-        diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
-        if not diff < EXPORT_TOLERANCE:
-            raise SpikeforgeError(f"{path}: expected onnxruntime logits within {EXPORT_TOLERANCE} of torch, "
-                                  f"found max |diff| {diff:.3g} (shapes {got.shape} vs {want.shape})")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model, (torch.zeros((2,) + shape),), str(tmp), dynamo=False, opset_version=opset,
+                    input_names=["input"], output_names=["logits"],
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                    do_constant_folding=True,
+                )
+            onnx.checker.check_model(str(tmp))
+            gen = torch.Generator().manual_seed(0)
+            probe = torch.rand((5,) + shape, generator=gen)
+            with torch.no_grad():
+                want = model(probe).numpy()
+            got = _ort_session(tmp).run(["logits"], {"input": probe.numpy()})[0]
+            diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
+            if not diff < EXPORT_TOLERANCE:
+                raise SpikeforgeError(f"{path}: expected onnxruntime logits within {EXPORT_TOLERANCE} of torch, "
+                                      f"found max |diff| {diff:.3g} (shapes {got.shape} vs {want.shape})")
     finally:
         model.train(was_training)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -12,7 +12,6 @@ import gzip
 import math
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import NamedTuple, Sequence, Union
 import numpy as np
 
 from spikeforge.errors import DataError
+from spikeforge.fileio import atomic_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -148,21 +148,9 @@ def load_npz(path: PathLike) -> Dataset:
 def save_npz(path: PathLike, ds: Dataset) -> Path:
     """Write ``ds`` as .npz (x in its per-sample shape, y) atomically: temp file + os.replace."""
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise DataError(f"{path}: expected an existing directory {directory}, found nothing")
     x = np.asarray(ds.x, dtype=np.float32).reshape((len(ds.y),) + tuple(ds.shape))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, x=x, y=np.asarray(ds.y, dtype=np.int64))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, x=x, y=np.asarray(ds.y, dtype=np.int64))
     return path
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,6 +20,7 @@ import numpy as np
 
 from spikeforge import ir
 from spikeforge.errors import GraphError, SpikeforgeError
+from spikeforge.fileio import atomic_path
 
 FORMAT = "spikeforge-graph"
 VERSION = 1
@@ -77,22 +76,12 @@ def save(path: str | Path, **graphs: ir.Graph) -> None:
     arrays: dict[str, np.ndarray] = {}
     doc = {"format": FORMAT, "version": VERSION,
            "graphs": {k: _encode_graph(k, g, arrays) for k, g in graphs.items()}}
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise GraphFileError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr("graph.json", json.dumps(doc, indent=1))
-            for ref, arr in arrays.items():
-                buf = io.BytesIO()
-                np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-                zf.writestr(ref + ".npy", buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("graph.json", json.dumps(doc, indent=1))
+        for ref, arr in arrays.items():
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            zf.writestr(ref + ".npy", buf.getvalue())
 
 
 def _decode_graph(path: Path, key: str, doc: dict, zf: zipfile.ZipFile) -> ir.Graph:

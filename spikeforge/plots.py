@@ -8,11 +8,12 @@ this module costs nothing. Every function draws into a given ``ax`` (or a new fi
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
+
+from spikeforge.fileio import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -170,23 +171,14 @@ def rate_scatter(ann: np.ndarray, snn: np.ndarray, ax: "Axes | None" = None,
 
 
 def save(fig: "Figure", path: str | os.PathLike[str], dpi: int = 120) -> Path:
-    """Write ``fig`` as PNG atomically (temp file in the same folder, then os.replace; the
-    folder is created if missing), close it and return the path."""
+    """Write ``fig`` as PNG atomically (spikeforge.fileio.atomic_path; the folder is created
+    if missing), close it and return the path."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open() would give
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

@@ -134,5 +134,5 @@ def test_bad_graph_files(tmp_path):
 
 
 def test_save_into_missing_folder_writes_nothing(tmp_path):
-    with pytest.raises(SpikeforgeError, match="does not exist"):
+    with pytest.raises(SpikeforgeError, match="expected an existing folder"):
         graphio.save(tmp_path / "no" / "net.sfg", snn=mlp())
