@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import TYPE_CHECKING, Iterator, NoReturn, Sequence
 
 import numpy as np
 
+from spikeforge import ir
 from spikeforge.errors import SpikeforgeError
+from spikeforge.fileio import check_output
 
 if TYPE_CHECKING:
-    from spikeforge import ir
     from spikeforge.data import Dataset
 
 
@@ -27,6 +30,17 @@ def _load_data(spec: str, limit: int | None) -> "Dataset":
             raise SpikeforgeError(f"--limit: expected a positive number of samples, found {limit}")
         ds = ds._replace(x=ds.x[:limit], y=ds.y[:limit])
     return ds
+
+
+def _seed(text: str) -> int:
+    """argparse type: a random seed, an integer in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 4294967295], found {value}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -45,28 +59,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from spikeforge import data
     from spikeforge import models
 
-    out = Path(args.output)
-    if not out.parent.exists():
-        raise SpikeforgeError(f"-o {out}: folder {out.parent} does not exist")
+    out = check_output(args.output, ".onnx" if args.arch == "mlp" else ".sfg")
+    calib_out = check_output(args.calib_out or out.parent / "calib.npz", ".npz")
+    test_out = check_output(args.test_out or out.parent / "test.npz", ".npz")
     ds = data.load(args.data)
     splits = data.split(ds, seed=args.seed)
+    for part in ("train", "calib", "test"):
+        if getattr(splits, part).n < 1:
+            raise SpikeforgeError(f"{args.data}: expected enough samples for train, calibration and test "
+                                  f"splits (70/10/20%), found {ds.n} samples")
     hidden = tuple(args.hidden)
     t0 = time.perf_counter()
     extra = {"epochs": args.epochs} if args.epochs else {}
-    calib_out = Path(args.calib_out) if args.calib_out else out.parent / "calib.npz"
-    test_out = Path(args.test_out) if args.test_out else out.parent / "test.npz"
     if args.arch == "mlp":
-        if out.suffix.lower() != ".onnx":
-            raise SpikeforgeError(f"-o {out}: an mlp is written as ONNX; expected a name ending in .onnx")
         model, info = models.train_mlp(splits.train, hidden=hidden, seed=args.seed, **extra)
         models.export_onnx(model, out, splits.train.shape)
         acc = models.evaluate_onnx(out, splits.test)
-    else:
-        if out.suffix.lower() != ".sfg":
-            raise SpikeforgeError(
-                f"-o {out}: a recurrent model is written as a spikeforge ANN graph (ONNX cannot express "
-                f"its one-step-delayed recurrence); expected a name ending in .sfg"
-            )
+    else:  # ONNX cannot express the one-step-delayed recurrence: a spikeforge ANN graph file
         model, info = models.train_recurrent(splits.train, hidden=hidden, iterations=args.iterations,
                                              feedback=not args.no_feedback, seed=args.seed, **extra)
         models.save_recurrent(model, out)
@@ -102,18 +111,32 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from spikeforge.converter.passes import convert, layer_reports
 
     model = Path(args.model)
+    out = check_output(args.output, ".sfg")
+    if out.resolve() == model.resolve():
+        raise SpikeforgeError(f"-o {out}: expected a new file, found the input model's name")
     ann = _import_model(model, args.dt)
-    calib = _load_data(args.calib, None)
-    snn = convert(ann, calib.x.reshape(len(calib.x), -1), reset=args.reset, normalization=args.normalize,
-                  percentile=args.percentile, neuron=args.neuron, seed=args.seed).with_metadata(source=str(model))
+    spiking_source = not ann.of_type(ir.ReLU)
+    if spiking_source:
+        calib_x = np.zeros((0, ann.inputs[0].out_size))
+        calib_note = "a spiking source: quantized directly; --reset/--neuron/--normalize do not apply"
+    else:
+        if args.calib is None:
+            raise SpikeforgeError(f"--calib: required to normalize the ANN {model} (a .npz with x and y, or 'digits')")
+        calib = _load_data(args.calib, None)
+        calib_x = _features(calib, ann.inputs[0].out_size, args.calib)
+        calib_note = (f"reset by {args.reset}, normalization {args.normalize}"
+                      f"{f' {args.percentile}' if args.normalize == 'percentile' else ''}, "
+                      f"calibration {len(calib_x)} samples")
+    snn = convert(ann, calib_x, reset=args.reset, normalization=args.normalize, percentile=args.percentile,
+                  neuron=args.neuron, seed=args.seed).with_metadata(source=str(model))
+    resets = sorted({n.reset for n in snn.of_type(ir.FixedLIF)})
     reports = layer_reports(snn)
-    out = Path(args.output)
     graphio.save(out, snn=snn, ann=ann)
     if args.json:
-        print(json.dumps({"output": str(out), "reset": args.reset, "layers": [r._asdict() for r in reports]}))
+        print(json.dumps({"output": str(out), "reset": resets[0] if len(resets) == 1 else resets,
+                          "spiking_source": spiking_source, "layers": [r._asdict() for r in reports]}))
         return 0
-    print(f"converted {model} -> {out} (reset by {args.reset}, normalization {args.normalize}"
-          f"{f' {args.percentile}' if args.normalize == 'percentile' else ''}, calibration {len(calib.y)} samples)")
+    print(f"converted {model} -> {out} ({calib_note})")
     head = ("layer", "neurons", "synapses", "weight_exp", "vth", "bias_exp", "clipped_w", "zeroed_w", "sat_bias", "max|a|")
     rows = [(r.layer, r.neurons, r.synapses, ",".join(map(str, r.weight_exp)), r.vth, r.bias_exp,
              r.clipped_weights, r.zeroed_weights, r.saturated_biases, r.max_input) for r in reports]
@@ -131,9 +154,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from spikeforge.converter.nir_io import save_nir
 
-    out = Path(args.output)
-    if out.suffix.lower() != ".nir":
-        raise SpikeforgeError(f"-o {out}: expected a name ending in .nir")
+    out = check_output(args.output, ".nir")
+    if not args.dt > 0:
+        raise SpikeforgeError(f"--dt: expected a step length > 0 seconds, found {args.dt}")
     snn, _ = _graphs(args.graph)
     save_nir(snn, out, args.dt)
     print(f"wrote {out} (NIR, one step = {args.dt} s)")
@@ -150,6 +173,26 @@ def _graphs(path: str) -> tuple["ir.Graph", "ir.Graph | None"]:
     return graphs["snn"], graphs.get("ann")
 
 
+def _features(ds: "Dataset", n_in: int, spec: str) -> np.ndarray:
+    """Samples as (n, features), refused in one line if their size does not fit the network."""
+    x = ds.x.reshape(len(ds.x), -1)
+    if x.shape[1] != n_in:
+        raise SpikeforgeError(f"{spec}: expected {n_in} features per sample for this network, found {x.shape[1]}")
+    return x
+
+
+def _labels(ds: "Dataset", n_out: int, spec: str) -> np.ndarray:
+    if len(ds.y) and (ds.y.min() < 0 or ds.y.max() >= n_out):
+        raise SpikeforgeError(f"{spec}: expected labels in [0, {n_out - 1}] for this network's {n_out} outputs, "
+                              f"found [{ds.y.min()}, {ds.y.max()}]")
+    return ds.y
+
+
+def _samples(snn: "ir.Graph", spec: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    ds = _load_data(spec, limit)
+    return _features(ds, snn.inputs[0].out_size, spec), _labels(ds, snn.output.out_size, spec)
+
+
 def _ann_accuracy(ann: "ir.Graph | None", x: np.ndarray, y: np.ndarray) -> float | None:
     if ann is None:
         return None
@@ -162,18 +205,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from spikeforge.runner import simulate
 
     snn, ann = _graphs(args.graph)
-    ds = _load_data(args.data, args.limit)
-    sim = simulate(snn, args.backend, ds.x.reshape(len(ds.x), -1), args.timesteps, args.encoding, args.seed)
-    acc = float((sim.predictions == ds.y).mean())
-    ann_acc = _ann_accuracy(ann, ds.x, ds.y)
+    x, y = _samples(snn, args.data, args.limit)
+    with _naming(args.graph):
+        sim = simulate(snn, args.backend, x, args.timesteps, args.encoding, args.seed)
+    acc = float((sim.predictions == y).mean())
+    ann_acc = _ann_accuracy(ann, x, y)
     rates = {k: float(v.mean()) for k, v in sim.result.spikes.items()}
     if args.json:
         print(json.dumps({"backend": args.backend, "accuracy": acc, "ann_accuracy": ann_acc,
-                          "samples": int(len(ds.y)), "timesteps": args.timesteps, "steps": sim.steps,
+                          "samples": int(len(y)), "timesteps": args.timesteps, "steps": sim.steps,
                           "encoding": args.encoding, "seconds": sim.seconds, "firing_rates": rates}))
         return 0
-    print(f"{args.backend}: accuracy {100 * acc:.2f}% on {len(ds.y)} samples, T={args.timesteps} "
-          f"({sim.steps} steps, {args.encoding} input), {sim.seconds:.2f} s ({len(ds.y) / sim.seconds:.1f} samples/s)")
+    print(f"{args.backend}: accuracy {100 * acc:.2f}% on {len(y)} samples, T={args.timesteps} "
+          f"({sim.steps} steps, {args.encoding} input), {sim.seconds:.2f} s ({len(y) / sim.seconds:.1f} samples/s)")
     if ann_acc is not None:
         print(f"ANN accuracy (source model): {100 * ann_acc:.2f}%  (difference {100 * (acc - ann_acc):+.2f} points)")
     print("firing rate per layer: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
@@ -184,13 +228,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from spikeforge.runner import verify
 
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if len(set(names)) != len(names):
+        raise SpikeforgeError(f"--backends: expected different backends, found {','.join(names)}")
     snn, _ = _graphs(args.graph)
-    ds = _load_data(args.data, args.limit)
-    sims, comps = verify(snn, names, ds.x.reshape(len(ds.x), -1), args.timesteps, args.encoding, args.seed)
+    x, y = _samples(snn, args.data, args.limit)
+    with _naming(args.graph):
+        sims, comps = verify(snn, names, x, args.timesteps, args.encoding, args.seed)
     ok = all(c.mismatched_spikes == 0 and c.mismatched_v_final == 0 for c in comps.values())
     if args.json:
         print(json.dumps({
-            "reference": names[0], "samples": int(len(ds.y)), "timesteps": args.timesteps,
+            "reference": names[0], "samples": int(len(y)), "timesteps": args.timesteps,
             "reference_spikes": next(iter(comps.values())).reference_spikes,
             "backends": {b: {"spikes": c.spikes, "mismatched_spikes": c.mismatched_spikes,
                              "mismatched_v_final": c.mismatched_v_final,
@@ -201,7 +248,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0 if ok else 1
     ref = sims[names[0]]
     print(f"reference {names[0]}: {sum(int(s.sum()) for s in ref.result.spikes.values())} spikes, "
-          f"{len(ds.y)} samples x {ref.steps} steps, {ref.seconds:.2f} s")
+          f"{len(y)} samples x {ref.steps} steps, {ref.seconds:.2f} s")
     for b, c in comps.items():
         status = "identical" if c.mismatched_spikes == 0 and c.mismatched_v_final == 0 else "DIFFERENT"
         print(f"{b}: {c.spikes} spikes, {c.mismatched_spikes} mismatching spikes, "
@@ -219,15 +266,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     snn, ann = _graphs(args.graph)
     if ann is None:
         raise SpikeforgeError(f"{args.graph}: no source ANN stored in the file (convert writes one)")
-    ds = _load_data(args.data, args.limit)
+    x, y = _samples(snn, args.data, args.limit)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    res = report(snn, ann, ds.x.reshape(len(ds.x), -1), ds.y, args.timesteps, out,
-                 encoding=args.encoding, seed=args.seed)
+    check_output(out / "analysis.png") if out.is_dir() else check_output(out)
+    res = report(snn, ann, x, y, args.timesteps, out, encoding=args.encoding, seed=args.seed)
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"ANN accuracy {100 * res['ann_accuracy']:.2f}%; SNN accuracy against T: " +
+    print(f"{len(y)} samples: ANN accuracy {100 * res['ann_accuracy']:.2f}%; SNN accuracy against T: " +
           ", ".join(f"T={t} {100 * a:.2f}%" for t, a in res["accuracy_vs_T"].items()))
     print(f"{'layer':<20} {'ANN rate':>9} {'SNN rate':>9} {'mean|err|':>10} {'r':>7}")
     for r in res["layers"]:
@@ -279,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="digits", help="'digits' (embedded), a .npz with x and y, or an MNIST idx folder")
     t.add_argument("--hidden", type=_positive, nargs="+", default=[128])
     t.add_argument("--epochs", type=_positive, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--calib-out", help="calibration split (default: calib.npz beside the model)")
     t.add_argument("--test-out", help="test split (default: test.npz beside the model)")
     t.add_argument("-o", "--output", required=True)
@@ -287,13 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="ANN (ONNX or an ANN graph file) or spiking NIR graph -> quantized spiking graph file")
     c.add_argument("model")
-    c.add_argument("--calib", required=True, help="calibration data (.npz with x and y, or 'digits')")
+    c.add_argument("--calib", help="calibration data (.npz with x and y, or 'digits'); required for ANNs")
     c.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
     c.add_argument("--normalize", choices=("percentile", "max", "none"), default="percentile")
     c.add_argument("--percentile", type=float, default=99.9)
     c.add_argument("--neuron", choices=("if", "stochastic"), default="if",
                    help="hidden neurons: integrate-and-fire, or stochastic (fire with probability clip(I, 0, 1))")
-    c.add_argument("--seed", type=int, default=0, help="stochastic neurons' random streams")
+    c.add_argument("--seed", type=_seed, default=0, help="stochastic neurons' random streams")
     c.add_argument("--dt", type=float, default=1e-3, help="NIR input: seconds per simulation step")
     c.add_argument("--json", action="store_true")
     c.add_argument("-o", "--output", required=True)
@@ -317,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--timesteps", type=_positive, default=32)
         s.add_argument("--limit", type=_positive, default=None)
         s.add_argument("--encoding", choices=("current", "rate"), default="current")
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--seed", type=_seed, default=0)
         s.add_argument("--json", action="store_true")
         s.set_defaults(fn=fn)
 
@@ -325,11 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("graph")
     a.add_argument("--data", required=True)
     a.add_argument("--timesteps", type=_positive, default=32)
-    a.add_argument("--limit", type=_positive, default=200)
+    a.add_argument("--limit", type=_positive, default=200, help="samples analysed (default 200)")
     a.add_argument("--encoding", choices=("current", "rate"), default="current")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=_seed, default=0)
     a.add_argument("--json", action="store_true")
-    a.add_argument("-o", "--output", required=True, help="folder for analysis.png")
+    a.add_argument("-o", "--output", required=True, help="folder for analysis.png (created in an existing folder)")
     a.set_defaults(fn=cmd_analyze)
 
     k = sub.add_parser("check", help="does a graph fit a chip? lists every violation (exit 1 if any)")
@@ -344,6 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _naming(graph_path: str) -> Iterator[None]:
+    """Prefix the graph file's name to errors about its nodes (raised while compiling)."""
+    try:
+        yield
+    except SpikeforgeError as exc:
+        if graph_path in str(exc):
+            raise
+        raise type(exc)(f"{graph_path}: {exc}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -351,6 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.fn(args)
     except SpikeforgeError as exc:
         print(f"spikeforge: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `spikeforge ... | head`: stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except OSError as exc:
+        print(f"spikeforge: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("spikeforge: interrupted", file=sys.stderr)

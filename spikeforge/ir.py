@@ -82,6 +82,19 @@ def _as_array(x: object, dtype: type) -> np.ndarray:
     return arr
 
 
+def _as_int_array(x: object, where: str) -> np.ndarray:
+    """An int64 copy of x; refuses NaN, inf and fractional values instead of casting them."""
+    arr = np.asarray(x)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise GraphError(f"{where}: expected integers, found NaN or inf")
+        if not np.array_equal(arr, np.rint(arr)):
+            raise GraphError(f"{where}: expected integers, found fractional values")
+    elif arr.dtype.kind not in "biu":
+        raise GraphError(f"{where}: expected integers, found dtype {arr.dtype}")
+    return _as_array(arr, np.int64)
+
+
 @dataclass(frozen=True, eq=False)
 class Node:
     """Base of all IR nodes. ``in_size``/``out_size`` are flat feature counts per sample."""
@@ -307,7 +320,7 @@ class FixedAffine(Node):
     weight_exp: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "weight", _as_array(self.weight, np.int64))
+        object.__setattr__(self, "weight", _as_int_array(self.weight, f"{self.where()} weight"))
         object.__setattr__(self, "weight_exp", int(self.weight_exp))
 
     @property
@@ -342,7 +355,7 @@ class FixedPopulation(Population):
         bias = np.asarray(self.bias_mant)
         if bias.size == 0:
             bias = np.zeros(self.size, np.int64)
-        object.__setattr__(self, "bias_mant", _as_array(bias, np.int64))
+        object.__setattr__(self, "bias_mant", _as_int_array(bias, f"{self.where()} bias_mant"))
         for name in ("size", *self.SCALARS):
             value = getattr(self, name)
             if isinstance(value, (np.integer, float)) and float(value) == int(value):

@@ -68,8 +68,19 @@ def test_simulate_on_lava_text_output(workdir):
     (["convert", "calib.npz", "--calib", "calib.npz", "-o", "x.sfg"], "calib.npz: expected a model file ending in .onnx, .sfg"),
     (["convert", "model.onnx", "--calib", "calib.npz", "--percentile", "0", "-o", "x.sfg"], "percentile: expected a value in (0, 100]"),
     (["verify", "net.sfg", "--backends", "cpu", "--data", "test.npz"], "backends: expected at least two"),
+    (["verify", "net.sfg", "--backends", "cpu,cpu", "--data", "test.npz"], "--backends: expected different backends"),
+    (["simulate", "net.sfg", "--data", "bigy.npz"], "bigy.npz: expected labels in [0, 9]"),
+    (["simulate", "net.sfg", "--data", "feat.npz"], "feat.npz: expected 64 features per sample for this network, found 60"),
+    (["convert", "model.onnx", "--calib", "calib.npz", "-o", "x.onnx"], "x.onnx: expected an output file name ending in .sfg"),
+    (["convert", "model.onnx", "-o", "x.sfg"], "--calib: required to normalize the ANN"),
+    (["export", "net.sfg", "-o", "nodir/x.nir"], "nodir/x.nir: expected an existing folder nodir"),
+    (["simulate", "net.sfg", "--backend", "loihi", "--data", "test.npz"], "net.sfg: graph does not fit Loihi 2"),
 ])
 def test_errors_are_one_line_and_nonzero(workdir, capsys, args, message):
+    import numpy as np
+
+    np.savez(workdir / "bigy.npz", x=np.full((4, 64), 0.5), y=np.arange(10, 14))
+    np.savez(workdir / "feat.npz", x=np.full((4, 60), 0.5), y=np.arange(4))
     if not (workdir / "net.sfg").exists():
         assert main(["convert", str(workdir / "model.onnx"), "--calib", str(workdir / "calib.npz"),
                      "-o", str(workdir / "net.sfg")]) == 0
@@ -85,9 +96,12 @@ def test_errors_are_one_line_and_nonzero(workdir, capsys, args, message):
     assert not (workdir / "x.sfg").exists()
 
 
-def test_timesteps_must_be_positive(workdir):
+def test_usage_errors_are_one_line(workdir):
     r = run_cli("simulate", "net.sfg", "--data", "test.npz", "--timesteps", "0", cwd=workdir)
     assert r.returncode == 2 and "--timesteps: expected an integer >= 1, found 0" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("simulate", "net.sfg", "--data", "test.npz", "--seed", "-1", cwd=workdir)
+    assert r.returncode == 2 and "--seed: expected an integer in [0, 4294967295], found -1" in r.stderr
 
 
 def test_unsupported_onnx_op_via_cli(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from spikeforge import data, graphio, ir
 from spikeforge.converter import ann
-from spikeforge.errors import DataError
+from spikeforge.errors import DataError, SpikeforgeError
 from spikeforge.models import RecurrentRateNet, evaluate, save_recurrent, to_graph, train_recurrent
 
 
@@ -193,7 +193,7 @@ def test_save_round_trip(tmp_path) -> None:
         if isinstance(a, ir.Affine):
             assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
     assert back.node("input").shape == (3, 4) and back.node("h2").upper == 1.0
-    with pytest.raises(graphio.GraphFileError):
+    with pytest.raises(SpikeforgeError, match="expected an existing folder"):
         save_recurrent(net, tmp_path / "missing" / "model.sfg")
 
 
