@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-import lava  # noqa: E402,F401  (the real runtime; CI installs it)
+import lava as _lava_runtime  # noqa: F401  (the real runtime; CI installs it)
 
 from spikeforge import ir  # noqa: E402
 from spikeforge.backends import get_backend  # noqa: E402
