@@ -97,7 +97,10 @@ def load_onnx(path: str | Path) -> ir.Graph:
             consts[node.output[0]] = nh.to_array(value).astype(np.float64)
             continue
         if op in ("Identity", "Dropout"):
-            producer[node.output[0]] = src(node.input[0], node)
+            if node.input[0] in consts:  # e.g. torch shares equal weights through an Identity
+                consts[node.output[0]] = consts[node.input[0]]
+            else:
+                producer[node.output[0]] = src(node.input[0], node)
             continue
         if op in ("Softmax", "LogSoftmax"):
             if any(node.output[0] in n.input for n in nodes[i + 1:]):
