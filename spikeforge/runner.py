@@ -17,10 +17,13 @@ from spikeforge.network import lower
 class Simulation(NamedTuple):
     backend: str
     result: RunResult
-    predictions: np.ndarray
     timesteps: int
     steps: int
     seconds: float  # compile + run
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.result.predictions
 
 
 def payloads_for(graph: ir.Graph, x: np.ndarray, timesteps: int, encoding: Encoding = "current",
@@ -57,7 +60,7 @@ def simulate(graph: ir.Graph, backend: str, x: np.ndarray, timesteps: int,
         {k: np.concatenate([p.spikes[k] for p in parts]) for k in parts[0].spikes},
         np.concatenate([p.v_final for p in parts]), parts[0].readout, parts[0].vth_scaled)
     seconds = time.perf_counter() - t0
-    return Simulation(backend, result, result.predictions, timesteps, steps, seconds)
+    return Simulation(backend, result, timesteps, steps, seconds)
 
 
 class Divergence(NamedTuple):
