@@ -1,7 +1,8 @@
 """ONNX -> spikeforge IR (an ANN graph of Input, Flatten, Affine, ReLU, Output).
 
 Supported ops: Gemm, MatMul (+ Add), Relu, Clip(min 0), Flatten, Reshape to (batch, -1),
-Identity, Dropout, BatchNormalization after Gemm/MatMul (folded into the affine map),
+Identity, Dropout, BatchNormalization after Gemm/MatMul (folded into that affine map) or after
+an activation (folded into the next one),
 Constant, and a final Softmax/LogSoftmax (dropped: the argmax is the same). Every op outside
 that list is reported, all at once, before anything is converted.
 """
@@ -68,8 +69,16 @@ def load_onnx(path: str | Path) -> ir.Graph:
     b = _Builder(path)
     b.add(ir.Input(_clean(inp.name), shape), [])
     producer: dict[str, str] = {inp.name: _clean(inp.name)}  # tensor -> IR node
+    # BatchNormalization after an activation, y = s * h + t: folded into the next affine map
+    pending_bn: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
 
-    def src(tensor: str, node: Any) -> str:
+    def src(tensor: str, node: Any, affine: bool = False) -> str:
+        if tensor in pending_bn and not affine:
+            raise UnsupportedError(
+                f"{path}: node '{node.name}' ({node.op_type}) reads the output of "
+                f"'{pending_bn[tensor][2]}' (BatchNormalization after an activation), which can only "
+                f"be folded into a following Gemm or MatMul"
+            )
         if tensor not in producer:
             raise UnsupportedError(
                 f"{path}: node '{node.name}' ({node.op_type}) reads '{tensor}', which is not "
@@ -84,6 +93,13 @@ def load_onnx(path: str | Path) -> ir.Graph:
                 f"found computed tensor '{tensor}'"
             )
         return consts[tensor]
+
+    def fold_bn(tensor: str, W: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """W (s h + t) + b = (W diag(s)) h + (b + W t) for a BatchNorm pending on ``tensor``."""
+        if tensor not in pending_bn:
+            return W, bias
+        scale, shift, _ = pending_bn[tensor]
+        return W * scale[None, :], bias + W @ shift
 
     nodes = list(g.node)
     for i, node in enumerate(nodes):
@@ -108,7 +124,7 @@ def load_onnx(path: str | Path) -> ir.Graph:
             producer[node.output[0]] = src(node.input[0], node)
             continue
         if op == "Gemm":
-            x = src(node.input[0], node)
+            x = src(node.input[0], node, affine=True)
             if a.get("transA", 0):
                 raise UnsupportedError(f"{path}: node '{node.name}' (Gemm) with transA=1")
             B = const(node.input[1], node, "B")
@@ -117,14 +133,14 @@ def load_onnx(path: str | Path) -> ir.Graph:
             bias = np.zeros(W.shape[0])
             if len(node.input) > 2 and node.input[2]:
                 bias = bias + a.get("beta", 1.0) * const(node.input[2], node, "C")
-            producer[node.output[0]] = b.add(ir.Affine(name, W, bias), [x])
+            producer[node.output[0]] = b.add(ir.Affine(name, *fold_bn(node.input[0], W, bias)), [x])
             continue
         if op == "MatMul":
-            x = src(node.input[0], node)
+            x = src(node.input[0], node, affine=True)
             B = const(node.input[1], node, "the weight")
             if B.ndim != 2:
                 raise UnsupportedError(f"{path}: node '{node.name}' (MatMul) with a {B.ndim}-D weight")
-            producer[node.output[0]] = b.add(ir.Affine(name, B.T, np.zeros(B.shape[1])), [x])
+            producer[node.output[0]] = b.add(ir.Affine(name, *fold_bn(node.input[0], B.T, np.zeros(B.shape[1]))), [x])
             continue
         if op == "Add":
             data = [t for t in node.input if t in producer]
@@ -140,15 +156,18 @@ def load_onnx(path: str | Path) -> ir.Graph:
             continue
         if op == "BatchNormalization":
             target = b.graph_node(src(node.input[0], node))
-            if not isinstance(target, ir.Affine) or b.consumers(target.name):
-                raise UnsupportedError(
-                    f"{path}: node '{node.name}' (BatchNormalization) must directly follow a Gemm or MatMul"
-                )
             gamma, beta, mean, var = (const(t, node, w) for t, w in zip(node.input[1:5],
                                                                        ("scale", "B", "mean", "var")))
             scale = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
-            b.replace(target.replace(weight=target.weight * scale[:, None],
-                                     bias=(target.bias - mean) * scale + beta))
+            if isinstance(target, ir.Affine) and not b.consumers(target.name):  # fold backwards
+                b.replace(target.replace(weight=target.weight * scale[:, None],
+                                         bias=(target.bias - mean) * scale + beta))
+            elif isinstance(target, (ir.ReLU, ir.Flatten)):  # after an activation: fold forwards
+                pending_bn[node.output[0]] = (scale, beta - mean * scale, node.name)
+            else:
+                raise UnsupportedError(
+                    f"{path}: node '{node.name}' (BatchNormalization) must follow a Gemm, MatMul or activation"
+                )
             producer[node.output[0]] = target.name
             continue
         if op == "Relu":

@@ -209,3 +209,22 @@ def test_from_torch_matches_module(user_relu_model, digits):
     bad = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Sigmoid())
     with pytest.raises(UnsupportedError, match=r"^torch module Sequential: unsupported ops: node .*\(Sigmoid\)"):
         from_torch(bad, (4,))
+
+
+def test_batchnorm_after_activation_folds_into_next_layer():
+    from spikeforge.converter.torch_import import from_torch
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Hardtanh(0, 1), torch.nn.BatchNorm1d(5),
+                            torch.nn.Linear(5, 3))
+    with torch.no_grad():  # non-trivial running statistics
+        m[2].running_mean.uniform_(0, 0.5)
+        m[2].running_var.uniform_(0.5, 2)
+        m[2].weight.uniform_(0.5, 1.5)
+        m[2].bias.uniform_(-0.3, 0.3)
+    g = from_torch(m.eval(), (6,))
+    assert [type(n).__name__ for n in g.nodes] == ["Input", "Affine", "ReLU", "Affine", "Output"]
+    x = np.random.default_rng(0).random((20, 6))
+    with torch.no_grad():
+        expect = m(torch.tensor(x, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(forward(g, x)[g.output.name], expect, atol=1e-5)
