@@ -56,3 +56,24 @@ def random_inputs(n_samples: int, n_inputs: int, seed: int = 0) -> np.ndarray:
     x[x < 0.2] = 0.0
     x[x > 0.9] = 1.0
     return x
+
+
+def assert_identical(expected, got, check_v_final: bool = True) -> None:
+    """Assert two RunResults are spike-identical (every layer, step and neuron) and, unless
+    ``check_v_final`` is False, have equal readout potentials; the failure names the first
+    divergence (spikeforge.runner.compare)."""
+    from spikeforge.runner import compare
+
+    assert got.readout == expected.readout and got.vth_scaled == expected.vth_scaled
+    assert set(got.spikes) == set(expected.spikes)
+    for name, want in expected.spikes.items():
+        have = got.spikes[name]
+        assert have.shape == want.shape and have.dtype == bool, (name, have.shape, have.dtype)
+    c = compare(expected, got, list(expected.spikes))
+    if c.mismatched_spikes:
+        d = c.first_divergence
+        raise AssertionError(f"layer {d.layer}: spikes differ first at sample {d.sample}, step {d.step}, "
+                             f"neuron {d.neuron} (expected {d.reference}, got {d.other}); "
+                             f"{c.mismatched_spikes} differences")
+    if check_v_final:
+        np.testing.assert_array_equal(got.v_final, expected.v_final)

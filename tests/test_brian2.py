@@ -15,7 +15,7 @@ from spikeforge.backends.brian2_backend import Brian2Backend, _Model
 from spikeforge.backends.cpu import CpuBackend
 from spikeforge.encoding import encode
 from spikeforge.errors import DataError, SpikeforgeError, UnsupportedError
-from spikeforge.testing import random_fixed_graph, random_inputs
+from spikeforge.testing import random_fixed_graph, random_inputs, assert_identical
 
 STATE_MAX = 2**23 - 1
 
@@ -32,24 +32,6 @@ def run_both(graph: ir.Graph, payloads: np.ndarray, **brian2_options):
     b2 = Brian2Backend(**brian2_options)
     got = b2.run(b2.compile(graph), payloads)
     return expected, got
-
-
-def assert_identical(expected, got) -> None:
-    assert got.readout == expected.readout
-    assert got.vth_scaled == expected.vth_scaled
-    assert set(got.spikes) == set(expected.spikes)
-    for name, want in expected.spikes.items():
-        have = got.spikes[name]
-        assert have.shape == want.shape and have.dtype == bool, name
-        if not np.array_equal(have, want):
-            b, t, j = np.argwhere(have != want)[0]
-            raise AssertionError(
-                f"layer {name}: spikes differ first at sample {b}, step {t}, neuron {j} "
-                f"(cpu {want[b, t, j]}, brian2 {have[b, t, j]}); "
-                f"{int((have != want).sum())} differences"
-            )
-    assert got.v_final.shape == expected.v_final.shape
-    np.testing.assert_array_equal(got.v_final, expected.v_final)
 
 
 def check(graph: ir.Graph, payloads: np.ndarray, **brian2_options):

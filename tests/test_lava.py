@@ -26,7 +26,7 @@ from spikeforge.encoding import encode  # noqa: E402
 from spikeforge.errors import (BackendUnavailable, DataError, SpikeforgeError,  # noqa: E402
                                UnsupportedError)
 from spikeforge import graphio  # noqa: E402
-from spikeforge.testing import random_fixed_graph, random_inputs  # noqa: E402
+from spikeforge.testing import assert_identical, random_fixed_graph, random_inputs  # noqa: E402
 
 
 def payloads_for(graph: ir.Graph, n: int, timesteps: int, encoding: str, seed: int) -> np.ndarray:
@@ -35,26 +35,12 @@ def payloads_for(graph: ir.Graph, n: int, timesteps: int, encoding: str, seed: i
     return encode(x, timesteps, net.depth, net.input.payload_max, encoding, seed=seed)
 
 
-def assert_same(got: RunResult, ref: RunResult) -> None:
-    """Every layer's spikes at every step and the readout's v_final are identical."""
-    assert set(got.spikes) == set(ref.spikes)
-    for name, s in ref.spikes.items():
-        g = got.spikes[name]
-        assert g.shape == s.shape and g.dtype == bool, (name, g.shape, g.dtype)
-        if not np.array_equal(g, s):
-            b, t, i = np.argwhere(g != s)[0]
-            pytest.fail(f"layer {name}: spikes differ first at sample {b}, step {t}, neuron {i} "
-                        f"({int((g != s).sum())} differences)")
-    np.testing.assert_array_equal(got.v_final, ref.v_final)
-    assert got.readout == ref.readout and got.vth_scaled == ref.vth_scaled
-
-
 def compare(graph: ir.Graph, payloads: np.ndarray, **options) -> RunResult:
     cpu = CpuBackend()
     ref = cpu.run(cpu.compile(graph), payloads)
     lava = LavaBackend(**options)
     got = lava.run(lava.compile(graph), payloads)
-    assert_same(got, ref)
+    assert_identical(ref, got)
     return ref
 
 

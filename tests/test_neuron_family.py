@@ -31,7 +31,7 @@ from spikeforge import ir
 from spikeforge.backends.brian2_backend import Brian2Backend
 from spikeforge.backends.cpu import CpuBackend
 from spikeforge.encoding import encode
-from spikeforge.testing import random_fixed_graph, random_inputs
+from spikeforge.testing import random_fixed_graph, random_inputs, assert_identical
 
 SIZES = [8, 10, 5]
 SAMPLES, TIMESTEPS = 3, 30
@@ -134,21 +134,6 @@ def merged(graphs: list[ir.Graph]) -> ir.Graph:
         edges += [(rename[a], rename[b]) for a, b in g.edges
                   if k == 0 or not isinstance(g.node(b), ir.Output)]
     return ir.Graph(tuple(nodes), tuple(edges))
-
-
-def assert_identical(expected, got) -> None:
-    assert got.readout == expected.readout and got.vth_scaled == expected.vth_scaled
-    assert set(got.spikes) == set(expected.spikes)
-    for name, want in expected.spikes.items():
-        have = got.spikes[name]
-        assert have.shape == want.shape and have.dtype == bool, name
-        if not np.array_equal(have, want):
-            b, t, j = np.argwhere(have != want)[0]
-            raise AssertionError(
-                f"layer {name}: spikes differ first at sample {b}, step {t}, neuron {j} "
-                f"(cpu {want[b, t, j]}, brian2 {have[b, t, j]}); {int((have != want).sum())} differences"
-            )
-    np.testing.assert_array_equal(got.v_final, expected.v_final)
 
 
 def check(graph: ir.Graph, payloads: np.ndarray, **brian2_options):
