@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -247,7 +247,3 @@ def convert(ann: ir.Graph, calib_x: np.ndarray, reset: ir.Reset = "subtract",
     g = relu_to_if(g, reset, neuron, seed)
     g = quantize(g, payload_bits)
     return g.with_metadata(reset=reset, neuron=neuron)
-
-
-def summary(graph: ir.Graph) -> dict[str, Any]:
-    return {"layers": [r._asdict() for r in layer_reports(graph)]}

@@ -32,20 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 
-def run_snn(graph, x: np.ndarray, T: int, seed: int, encoding: str = "rate"):
-    """cpu backend; payloads padded by the depth (every layer integrates T steps)."""
-    from spikeforge.backends import get_backend
-    from spikeforge.runner import payloads_for
-
-    be = get_backend("cpu")
-    return be.run(be.compile(graph), payloads_for(graph, x, T, encoding, seed))
-
-
-def layer_rates(result, layers: Sequence[str], T: int) -> dict[str, np.ndarray]:
-    """Firing rate of hidden layer l (1-based on the path) over its T input steps l .. l+T-1."""
-    return {h: result.spikes[h][:, l:l + T].mean(axis=1) for l, h in enumerate(layers, 1)}
-
-
 def stochastic_expectation(norm_graph, x: np.ndarray, draws: int, seed: int) -> dict[str, np.ndarray]:
     """Monte Carlo of the stochastic network's mean rates (float, normalized weights):
     x_t ~ Bernoulli(x), s_l ~ Bernoulli(clip(W_l s_{l-1} + b_l, 0, 1)); mean over draws."""
@@ -70,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from spikeforge import models, plots
     from spikeforge.converter.ann import forward, predict
     from spikeforge.converter.passes import convert, normalize
+    from spikeforge.analysis import window_rates
+    from spikeforge.network import lower
+    from spikeforge.runner import simulate
 
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden layer sizes")
@@ -104,9 +93,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             seed = args.seed * 1000 + r
             for kind in ("stochastic", "if"):
                 snn = convert(ann, sp.calib.x, reset="subtract", neuron=kind, seed=seed)
-                res = run_snn(snn, test_x, T, seed)
+                delays = lower(snn).delays
+                res = simulate(snn, "cpu", test_x, T, encoding="rate", seed=seed).result
                 sums[kind] += _common.accuracy(res.predictions, test_y)
-                rates = layer_rates(res, layers, T)
+                rates = window_rates(res, {h: delays[h] for h in layers}, T)
                 for h in layers:
                     e_sum[kind][h] += float(np.abs(rates[h] - dense[h]).mean())
                     if kind == "stochastic":

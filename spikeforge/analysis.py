@@ -28,6 +28,12 @@ class LayerComparison(NamedTuple):
     snn: np.ndarray
 
 
+def window_rates(result: Any, delays: dict[str, int], timesteps: int) -> dict[str, np.ndarray]:
+    """Per layer, the firing rate (samples, neurons) over the T steps it integrates its input:
+    steps delay .. delay + T - 1 (every projection on the way is one step of delay)."""
+    return {name: result.spikes[name][:, d:d + timesteps].mean(axis=1) for name, d in delays.items()}
+
+
 def ann_rates(snn: ir.Graph, ann: ir.Graph, x: np.ndarray) -> dict[str, np.ndarray]:
     """Normalized ANN activations (rates in [0, 1]) for the SNN layers that have an ANN twin."""
     from spikeforge.converter.ann import forward
@@ -46,11 +52,10 @@ def compare_layers(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, timesteps: int,
                    encoding: str = "current", seed: int = 0) -> tuple[list[LayerComparison], Any]:
     """Run the SNN on the cpu backend and compare every layer with its ANN twin."""
     sim = simulate(snn, "cpu", x, timesteps, encoding, seed)
-    delays = lower(snn).delays
+    rates = window_rates(sim.result, lower(snn).delays, timesteps)
     rows = []
     for name, a in ann_rates(snn, ann, x).items():
-        d = delays[name]
-        s = sim.result.spikes[name][:, d:d + timesteps].mean(axis=1)
+        s = rates[name]
         r = float(np.corrcoef(a.ravel(), s.ravel())[0, 1]) if a.std() > 0 and s.std() > 0 else float("nan")
         rows.append(LayerComparison(name, float(a.mean()), float(s.mean()), float(np.abs(a - s).mean()), r, a, s))
     return rows, sim

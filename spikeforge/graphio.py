@@ -34,10 +34,6 @@ class GraphFileError(SpikeforgeError):
     """A graph file that cannot be read."""
 
 
-def register_node_type(t: type) -> None:
-    NODE_TYPES[t.__name__] = t
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.integer,)):
         return int(value)

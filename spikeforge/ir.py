@@ -416,11 +416,6 @@ class FixedLIF(FixedPopulation):
         if self.reset not in FIXED_RESETS:
             raise GraphError(f"{self.where()}: reset must be one of {FIXED_RESETS}, found {self.reset!r}")
 
-    @property
-    def lava_stock(self) -> bool:
-        """True if Lava's stock LIF (and Loihi 2's native neuron) computes this layer."""
-        return (self.reset == "zero" and self.v_rest == 0 and self.leak == 0 and self.refractory == 0)
-
 
 @dataclass(frozen=True, eq=False)
 class FixedStochastic(FixedPopulation):

@@ -77,10 +77,6 @@ class Network:
         """Simulated steps for ``timesteps`` of input: T + depth, so the readout sees T steps."""
         return timesteps + self.depth
 
-    def source_size(self, name: str) -> int:
-        if self.input is not None and name == self.input.name:
-            return self.input.size
-        return self.layer(name).size
 
 
 LOWER = ir.Registry("spikeforge's network lowering")

@@ -11,7 +11,7 @@ from spikeforge import ir
 from spikeforge.backends import RunResult, get_backend
 from spikeforge.encoding import Encoding, encode
 from spikeforge.errors import DataError, SpikeforgeError
-from spikeforge.network import lower
+from spikeforge.network import Network, lower
 
 
 class Simulation(NamedTuple):
@@ -28,7 +28,11 @@ class Simulation(NamedTuple):
 
 def payloads_for(graph: ir.Graph, x: np.ndarray, timesteps: int, encoding: Encoding = "current",
                  seed: int = 0) -> np.ndarray:
-    net = lower(graph)
+    """Inputs x (samples, features) as the integer payloads the graph's backends run."""
+    return _payloads(lower(graph), x, timesteps, encoding, seed)
+
+
+def _payloads(net: Network, x: np.ndarray, timesteps: int, encoding: Encoding, seed: int) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if x.shape[1] != net.input.size:
         raise DataError(f"data: expected {net.input.size} features per sample, found {x.shape[1]}")
@@ -54,7 +58,7 @@ def simulate(graph: ir.Graph, backend: str, x: np.ndarray, timesteps: int,
     for start in range(0, max(len(x), 1), per_chunk):
         chunk = x[start:start + per_chunk]
         # the rate code draws per chunk from (seed, chunk start): reproducible for a given data set
-        payloads = payloads_for(graph, chunk, timesteps, encoding, seed + start)
+        payloads = _payloads(net, chunk, timesteps, encoding, seed + start)
         parts.append(be.run(program, payloads, sample_offset=start))
     result = parts[0] if len(parts) == 1 else RunResult(
         {k: np.concatenate([p.spikes[k] for p in parts]) for k in parts[0].spikes},
