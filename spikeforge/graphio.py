@@ -26,8 +26,8 @@ FORMAT = "spikeforge-graph"
 VERSION = 1
 
 NODE_TYPES: dict[str, type] = {t.__name__: t for t in (
-    ir.Input, ir.Output, ir.Flatten, ir.Affine, ir.ReLU, ir.IF, ir.FixedAffine, ir.FixedLIF,
-    ir.FixedStochastic, ir.Stochastic, ir.LIF)}
+    ir.Input, ir.Output, ir.Flatten, ir.Affine, ir.Conv2d, ir.AvgPool2d, ir.Concat, ir.ReLU, ir.IF,
+    ir.FixedAffine, ir.FixedConv2d, ir.FixedLIF, ir.FixedStochastic, ir.Stochastic, ir.LIF)}
 
 
 class GraphFileError(SpikeforgeError):

@@ -14,14 +14,16 @@ one passes through a neuron node.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable, Literal, Mapping, Sequence, TypeVar
+from typing import Callable, ClassVar, Iterable, Literal, Mapping, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
+from spikeforge import fixedpoint
 from spikeforge.errors import GraphError, UnsupportedError
 
 Reset = Literal["zero", "subtract"]
@@ -30,56 +32,32 @@ RESETS: tuple[str, ...] = ("zero", "subtract")
 FIXED_RESETS: tuple[str, ...] = ("zero", "subtract", "value")
 
 
-@dataclass(frozen=True)
-class IntRange:
-    """A fixed-point field: ``bits`` wide, values in ``[lo, hi]``."""
-
-    bits: int
-    lo: int
-    hi: int
-    signed: bool
-
-    def check(self, where: str, value: np.ndarray | int) -> None:
-        arr = np.asarray(value)
-        if arr.size == 0:
-            return
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise GraphError(f"{where}: expected integers, found dtype {arr.dtype}")
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < self.lo or hi > self.hi:
-            kind = "signed" if self.signed else "unsigned"
-            raise GraphError(
-                f"{where}: expected {kind} {self.bits}-bit values in [{self.lo}, {self.hi}], "
-                f"found [{lo}, {hi}]"
-            )
-
-
-#: Loihi 2 fixed-point fields as Lava 0.10's bit-accurate models declare them.
-BITS: Mapping[str, IntRange] = {
-    # Weight mantissa: 8 bits signed. Lava is given 2*w with weight_exp - 1 so that no bit is lost.
-    "weight": IntRange(8, -128, 127, True),
-    "weight_exp": IntRange(4, -8, 7, True),
-    "vth": IntRange(17, 0, 2**17 - 1, False),
-    "du": IntRange(12, 0, 4095, False),
-    "dv": IntRange(12, 0, 4095, False),
-    "bias_mant": IntRange(13, -4096, 4095, True),
-    "bias_exp": IntRange(3, 0, 7, False),
-    "refractory": IntRange(8, 0, 255, False),
-    "leak": IntRange(23, 0, 2**23 - 1, False),
-    "v_rest": IntRange(24, -(2**23) + 1, 2**23 - 1, True),
-    "v_reset": IntRange(24, -(2**23) + 1, 2**23 - 1, True),
-    "seed": IntRange(32, 0, 2**32 - 1, False),
-    "payload": IntRange(8, 0, 255, False),
-    # State: v saturates at 24 bits signed; u wraps once as Lava does (x > 2**23 loses 2**24,
-    # then x <= -2**23 gains 2**24), so an input far beyond 24 bits can leave u outside them.
-    "state": IntRange(24, -(2**23) + 1, 2**23 - 1, True),
-}
+# Fixed-point widths live in spikeforge.fixedpoint; re-exported here for the IR's users.
+IntRange = fixedpoint.IntRange
+BITS = fixedpoint.BITS
 
 
 def _as_array(x: object, dtype: type) -> np.ndarray:
     arr = np.array(x, dtype=dtype, copy=True)
     arr.setflags(write=False)
     return arr
+
+
+def _as_float_array(x: object, where: str) -> np.ndarray:
+    """A read-only float64 copy of real numbers; refuses bool, complex and non-numbers."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iuf":
+        raise GraphError(f"{where}: expected real numbers, found dtype {arr.dtype}")
+    return _as_array(arr, np.float64)
+
+
+def _as_int(x: object, where: str) -> int:
+    """An integer scalar; refuses fractional, bool and non-numeric values instead of casting."""
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer, float, np.floating)):
+        raise GraphError(f"{where}: expected an integer, found {x!r}")
+    if isinstance(x, (float, np.floating)) and not (np.isfinite(x) and float(x) == int(x)):
+        raise GraphError(f"{where}: expected an integer, found {x!r}")
+    return int(x)
 
 
 def _as_int_array(x: object, where: str) -> np.ndarray:
@@ -90,24 +68,63 @@ def _as_int_array(x: object, where: str) -> np.ndarray:
             raise GraphError(f"{where}: expected integers, found NaN or inf")
         if not np.array_equal(arr, np.rint(arr)):
             raise GraphError(f"{where}: expected integers, found fractional values")
-    elif arr.dtype.kind not in "biu":
+    elif arr.dtype.kind not in "iu":
         raise GraphError(f"{where}: expected integers, found dtype {arr.dtype}")
     return _as_array(arr, np.int64)
 
 
+Shape = tuple[int, ...]
+
+
+def _shape(value: object, where: str, ndim: int | None = None) -> Shape:
+    """A positive tuple of ints (from a list, tuple or array), or GraphError naming ``where``."""
+    try:
+        dims = tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise GraphError(f"{where}: expected a tuple of positive integers, found {value!r}") from None
+    if not dims or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0
+                           for d in dims):
+        raise GraphError(f"{where}: expected a tuple of positive integers, found {value!r}")
+    if ndim is not None and len(dims) != ndim:
+        raise GraphError(f"{where}: expected {ndim} dimensions, found {len(dims)} ({dims})")
+    return tuple(int(d) for d in dims)
+
+
+def _ints(value: object, n: int, where: str, lo: int = 0) -> tuple[int, ...]:
+    """An int (repeated n times) or a tuple of n ints >= lo."""
+    vals = (value,) * n if isinstance(value, (int, np.integer)) else value
+    try:
+        out = tuple(vals)  # type: ignore[arg-type]
+    except TypeError:
+        raise GraphError(f"{where}: expected {n} integers, found {value!r}") from None
+    if len(out) != n or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                and v >= lo for v in out):
+        raise GraphError(f"{where}: expected {n} integers >= {lo}, found {value!r}")
+    return tuple(int(v) for v in out)
+
+
 @dataclass(frozen=True, eq=False)
 class Node:
-    """Base of all IR nodes. ``in_size``/``out_size`` are flat feature counts per sample."""
+    """Base of all IR nodes. ``in_shape``/``out_shape`` are per-sample tensor shapes
+    ((C, H, W) for feature maps, (n,) for vectors); ``in_size``/``out_size`` their sizes."""
 
     name: str
 
     @property
-    def in_size(self) -> int:
+    def in_shape(self) -> Shape:
         raise NotImplementedError(type(self).__name__)  # every concrete node overrides it
 
     @property
-    def out_size(self) -> int:
+    def out_shape(self) -> Shape:
         raise NotImplementedError(type(self).__name__)
+
+    @property
+    def in_size(self) -> int:
+        return math.prod(self.in_shape)
+
+    @property
+    def out_size(self) -> int:
+        return math.prod(self.out_shape)
 
     def validate(self) -> None:
         """Check the node's own parameters (ranges, shapes). Raises GraphError."""
@@ -125,24 +142,25 @@ class Node:
 class Input(Node):
     """Graph input; values are rates in [0, 1], sent as ``payload_bits``-bit graded spikes."""
 
-    shape: tuple[int, ...]
-    payload_bits: int = 8
+    shape: Shape
+    payload_bits: int = fixedpoint.PAYLOAD_BITS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", _shape(self.shape, f"node '{self.name}' (Input) shape"))
 
     @property
-    def in_size(self) -> int:
-        return math.prod(self.shape)
+    def in_shape(self) -> Shape:
+        return self.shape
 
     @property
-    def out_size(self) -> int:
-        return math.prod(self.shape)
+    def out_shape(self) -> Shape:
+        return self.shape
 
     def validate(self) -> None:
         super().validate()
-        if not self.shape or any(int(d) <= 0 for d in self.shape):
-            raise GraphError(f"{self.where()}: shape must be positive, found {self.shape}")
-        if not 1 <= self.payload_bits <= 8:
+        if not isinstance(self.payload_bits, (int, np.integer)) or not 1 <= self.payload_bits <= 8:
             raise GraphError(
-                f"{self.where()}: payload_bits must be in [1, 8], found {self.payload_bits}"
+                f"{self.where()}: payload_bits must be an integer in [1, 8], found {self.payload_bits!r}"
             )
 
     @property
@@ -155,30 +173,55 @@ class Input(Node):
 class Output(Node):
     """Graph output: the readout of the node feeding it."""
 
-    shape: tuple[int, ...]
+    shape: Shape
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", _shape(self.shape, f"node '{self.name}' (Output) shape"))
 
     @property
-    def in_size(self) -> int:
-        return math.prod(self.shape)
+    def in_shape(self) -> Shape:
+        return self.shape
 
     @property
-    def out_size(self) -> int:
-        return math.prod(self.shape)
+    def out_shape(self) -> Shape:
+        return self.shape
 
 
 @dataclass(frozen=True, eq=False)
 class Flatten(Node):
-    """Reshape to a flat vector (a no-op on flat per-sample data)."""
+    """Merge dims ``start_dim .. end_dim`` of the per-sample shape (NIR's Flatten, C order;
+    dims count without the batch axis, so the defaults flatten a sample to a vector)."""
 
-    input_shape: tuple[int, ...]
+    input_shape: Shape
+    start_dim: int = 0
+    end_dim: int = -1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape",
+                           _shape(self.input_shape, f"node '{self.name}' (Flatten) input_shape"))
+
+    def _span(self) -> tuple[int, int]:
+        n = len(self.input_shape)
+        s = self.start_dim + n if self.start_dim < 0 else self.start_dim
+        e = self.end_dim + n if self.end_dim < 0 else self.end_dim
+        return s, e
 
     @property
-    def in_size(self) -> int:
-        return math.prod(self.input_shape)
+    def in_shape(self) -> Shape:
+        return self.input_shape
 
     @property
-    def out_size(self) -> int:
-        return math.prod(self.input_shape)
+    def out_shape(self) -> Shape:
+        s, e = self._span()
+        d = self.input_shape
+        return d[:s] + (math.prod(d[s:e + 1]),) + d[e + 1:]
+
+    def validate(self) -> None:
+        super().validate()
+        s, e = self._span()
+        if not (0 <= s <= e < len(self.input_shape)):
+            raise GraphError(f"{self.where()}: start_dim {self.start_dim} / end_dim {self.end_dim} "
+                             f"do not fit input_shape {self.input_shape}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,20 +232,20 @@ class Affine(Node):
     bias: np.ndarray
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "weight", _as_array(self.weight, np.float64))
-        object.__setattr__(self, "bias", _as_array(self.bias, np.float64))
+        object.__setattr__(self, "weight", _as_float_array(self.weight, f"{self.where()} weight"))
+        object.__setattr__(self, "bias", _as_float_array(self.bias, f"{self.where()} bias"))
 
     @property
-    def in_size(self) -> int:
-        return int(self.weight.shape[1])
+    def in_shape(self) -> Shape:
+        return (int(self.weight.shape[1]),)
 
     @property
-    def out_size(self) -> int:
-        return int(self.weight.shape[0])
+    def out_shape(self) -> Shape:
+        return (int(self.weight.shape[0]),)
 
     def validate(self) -> None:
         super().validate()
-        if self.weight.ndim != 2:
+        if self.weight.ndim != 2 or 0 in self.weight.shape:
             raise GraphError(f"{self.where()}: weight must be 2-D (out, in), found {self.weight.shape}")
         if self.bias.shape != (self.weight.shape[0],):
             raise GraphError(
@@ -212,24 +255,207 @@ class Affine(Node):
             raise GraphError(f"{self.where()}: weight and bias must be finite, found NaN or inf")
 
 
+class ConvGeometry(NamedTuple):
+    """A 2-D convolution's geometry: ``padding`` is (top, left, bottom, right) zeros."""
+
+    input_shape: Shape  # (C_in, H, W)
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    groups: int
+    channels: int  # C_out
+
+    @property
+    def output_shape(self) -> Shape:
+        _, h, w = self.input_shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        t, l, b, r = self.padding
+        return (self.channels, (h + t + b - dh * (kh - 1) - 1) // sh + 1,
+                (w + l + r - dw * (kw - 1) - 1) // sw + 1)
+
+
+def _padding4(value: object, where: str) -> tuple[int, int, int, int]:
+    """NIR's (pad_h, pad_w) or explicit (top, left, bottom, right)."""
+    if isinstance(value, (int, np.integer)):
+        value = (value, value)
+    vals = tuple(value)  # type: ignore[arg-type]
+    if len(vals) == 2:
+        vals = (vals[0], vals[1], vals[0], vals[1])
+    return _ints(vals, 4, where)  # type: ignore[return-value]
+
+
 @dataclass(frozen=True, eq=False)
-class Population(Node):
-    """A layer of ``size`` neurons (or ANN units): as many values in as out."""
+class _ConvBase(Node):
+    """Shared geometry of Conv2d and FixedConv2d (NIR Conv2d field names). ``weight`` is
+    (C_out, C_in / groups, kH, kW); ``padding`` (pad_h, pad_w) or (top, left, bottom, right)."""
 
-    size: int
+    input_shape: Shape
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def _init_geometry(self) -> None:
+        w = f"node '{self.name}' ({type(self).__name__})"
+        object.__setattr__(self, "input_shape", _shape(self.input_shape, f"{w} input_shape", 3))
+        object.__setattr__(self, "stride", _ints(self.stride, 2, f"{w} stride", 1))
+        object.__setattr__(self, "padding", _padding4(self.padding, f"{w} padding"))
+        object.__setattr__(self, "dilation", _ints(self.dilation, 2, f"{w} dilation", 1))
+        if not isinstance(self.groups, (int, np.integer)) or isinstance(self.groups, bool) or self.groups < 1:
+            raise GraphError(f"{w} groups: expected an integer >= 1, found {self.groups!r}")
+        object.__setattr__(self, "groups", int(self.groups))
 
     @property
-    def in_size(self) -> int:
-        return self.size
+    def geometry(self) -> ConvGeometry:
+        weight: np.ndarray = getattr(self, "weight")
+        return ConvGeometry(self.input_shape, (int(weight.shape[2]), int(weight.shape[3])),
+                            self.stride, self.padding, self.dilation, self.groups,
+                            int(weight.shape[0]))
 
     @property
-    def out_size(self) -> int:
-        return self.size
+    def in_shape(self) -> Shape:
+        return self.input_shape
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.geometry.output_shape
 
     def validate(self) -> None:
         super().validate()
-        if not isinstance(self.size, (int, np.integer)) or self.size < 1:
+        weight: np.ndarray = getattr(self, "weight")
+        if weight.ndim != 4 or 0 in weight.shape:
+            raise GraphError(f"{self.where()}: weight must be 4-D (C_out, C_in/groups, kH, kW), "
+                             f"found {weight.shape}")
+        c_in, g = self.input_shape[0], self.groups
+        if c_in % g or weight.shape[0] % g or weight.shape[1] != c_in // g:
+            raise GraphError(f"{self.where()}: weight {weight.shape} does not fit {c_in} input "
+                             f"channels in {g} groups (expected C_in/groups = {c_in // g if c_in % g == 0 else '?'}, "
+                             f"C_out divisible by {g})")
+        if min(self.geometry.output_shape) < 1:
+            raise GraphError(f"{self.where()}: kernel {weight.shape[2:]} with dilation {self.dilation} "
+                             f"does not fit input {self.input_shape} padded by {self.padding}")
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d(_ConvBase):
+    """y = conv2d(x, W, stride, padding, dilation, groups) + b[c], float (NIR Conv2d)."""
+
+    weight: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0)), kw_only=True)
+    bias: np.ndarray = field(default_factory=lambda: np.zeros(0), kw_only=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", _as_float_array(self.weight, f"{self.where()} weight"))
+        bias = np.asarray(self.bias)
+        if bias.size == 0 and self.weight.ndim == 4:
+            bias = np.zeros(self.weight.shape[0])
+        object.__setattr__(self, "bias", _as_float_array(bias, f"{self.where()} bias"))
+        self._init_geometry()
+
+    def validate(self) -> None:
+        super().validate()
+        if self.bias.shape != (self.weight.shape[0],):
+            raise GraphError(f"{self.where()}: bias shape expected ({self.weight.shape[0]},), "
+                             f"found {self.bias.shape}")
+        if not (np.isfinite(self.weight).all() and np.isfinite(self.bias).all()):
+            raise GraphError(f"{self.where()}: weight and bias must be finite, found NaN or inf")
+
+
+@dataclass(frozen=True, eq=False)
+class AvgPool2d(Node):
+    """y = average of ``kernel_size`` windows (NIR AvgPool2d; zero padding counted in the
+    average). An ANN-level node: conversion folds it into the next affine map."""
+
+    input_shape: Shape
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def __post_init__(self) -> None:
+        w = f"node '{self.name}' (AvgPool2d)"
+        object.__setattr__(self, "input_shape", _shape(self.input_shape, f"{w} input_shape", 3))
+        object.__setattr__(self, "kernel_size", _ints(self.kernel_size, 2, f"{w} kernel_size", 1))
+        object.__setattr__(self, "stride", _ints(self.stride, 2, f"{w} stride", 1))
+        object.__setattr__(self, "padding", _padding4(self.padding, f"{w} padding"))
+
+    @property
+    def geometry(self) -> ConvGeometry:
+        return ConvGeometry(self.input_shape, self.kernel_size, self.stride, self.padding, (1, 1),
+                            self.input_shape[0], self.input_shape[0])
+
+    @property
+    def in_shape(self) -> Shape:
+        return self.input_shape
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.geometry.output_shape
+
+    def validate(self) -> None:
+        super().validate()
+        if min(self.out_shape) < 1:
+            raise GraphError(f"{self.where()}: kernel {self.kernel_size} does not fit input {self.input_shape}")
+
+
+@dataclass(frozen=True, eq=False)
+class Concat(Node):
+    """Concatenation of its inputs (in edge order) along the channel axis (dim 0 per sample).
+    An ANN-level node: conversion splits the next affine map by input instead."""
+
+    input_shapes: tuple[Shape, ...]
+
+    def __post_init__(self) -> None:
+        shapes = tuple(_shape(s, f"node '{self.name}' (Concat) input_shapes") for s in self.input_shapes)
+        object.__setattr__(self, "input_shapes", shapes)
+
+    @property
+    def in_shape(self) -> Shape:  # per input: see input_shapes
+        return self.out_shape
+
+    @property
+    def out_shape(self) -> Shape:
+        first = self.input_shapes[0]
+        return (sum(s[0] for s in self.input_shapes),) + first[1:]
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.input_shapes) < 2:
+            raise GraphError(f"{self.where()}: expected at least two inputs, found {len(self.input_shapes)}")
+        if len({s[1:] for s in self.input_shapes}) != 1:
+            raise GraphError(f"{self.where()}: inputs must agree in all but the channel dim, "
+                             f"found {list(self.input_shapes)}")
+
+
+@dataclass(frozen=True, eq=False)
+class Population(Node):
+    """A layer of ``size`` neurons (or ANN units): as many values in as out, laid out as
+    ``shape`` ((size,) unless given, e.g. (C, H, W) after a convolution)."""
+
+    size: int
+    shape: Shape = field(default=(), kw_only=True)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, (np.integer, float)) and float(self.size) == int(self.size):
+            object.__setattr__(self, "size", int(self.size))
+        shape = tuple(self.shape) if self.shape is not None else ()
+        if not shape and isinstance(self.size, int):
+            shape = (self.size,)
+        object.__setattr__(self, "shape", _shape(shape, f"node '{self.name}' ({type(self).__name__}) shape"))
+
+    @property
+    def in_shape(self) -> Shape:
+        return self.shape
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.shape
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.size, (int, np.integer)) or isinstance(self.size, bool) or self.size < 1:
             raise GraphError(f"{self.where()}: size must be a positive integer, found {self.size!r}")
+        if math.prod(self.shape) != self.size:
+            raise GraphError(f"{self.where()}: shape {self.shape} does not hold size {self.size}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -321,20 +547,40 @@ class FixedAffine(Node):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight", _as_int_array(self.weight, f"{self.where()} weight"))
-        object.__setattr__(self, "weight_exp", int(self.weight_exp))
+        object.__setattr__(self, "weight_exp", _as_int(self.weight_exp, f"{self.where()} weight_exp"))
 
     @property
-    def in_size(self) -> int:
-        return int(self.weight.shape[1])
+    def in_shape(self) -> Shape:
+        return (int(self.weight.shape[1]),)
 
     @property
-    def out_size(self) -> int:
-        return int(self.weight.shape[0])
+    def out_shape(self) -> Shape:
+        return (int(self.weight.shape[0]),)
 
     def validate(self) -> None:
         super().validate()
-        if self.weight.ndim != 2:
+        if self.weight.ndim != 2 or 0 in self.weight.shape:
             raise GraphError(f"{self.where()}: weight must be 2-D (out, in), found {self.weight.shape}")
+        BITS["weight"].check(f"{self.where()} weight", self.weight)
+        BITS["weight_exp"].check(f"{self.where()} weight_exp", self.weight_exp)
+
+
+@dataclass(frozen=True, eq=False)
+class FixedConv2d(_ConvBase):
+    """Loihi 2 convolutional synapses: a = floor(conv2d(s, w) * 2**weight_exp), the same
+    8-bit mantissas and exponent as FixedAffine, with Conv2d's geometry. No bias: the
+    biases live in the neurons."""
+
+    weight: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0), np.int64), kw_only=True)
+    weight_exp: int = field(default=0, kw_only=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", _as_int_array(self.weight, f"{self.where()} weight"))
+        object.__setattr__(self, "weight_exp", _as_int(self.weight_exp, f"{self.where()} weight_exp"))
+        self._init_geometry()
+
+    def validate(self) -> None:
+        super().validate()
         BITS["weight"].check(f"{self.where()} weight", self.weight)
         BITS["weight_exp"].check(f"{self.where()} weight_exp", self.weight_exp)
 
@@ -352,13 +598,15 @@ class FixedPopulation(Population):
     SCALARS: ClassVar[tuple[str, ...]] = ("vth", "bias_exp")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         bias = np.asarray(self.bias_mant)
-        if bias.size == 0:
+        if bias.size == 0 and isinstance(self.size, int):
             bias = np.zeros(self.size, np.int64)
         object.__setattr__(self, "bias_mant", _as_int_array(bias, f"{self.where()} bias_mant"))
-        for name in ("size", *self.SCALARS):
+        for name in self.SCALARS:
             value = getattr(self, name)
-            if isinstance(value, (np.integer, float)) and float(value) == int(value):
+            if isinstance(value, (np.integer, float)) and not isinstance(value, bool) \
+                    and np.isfinite(value) and float(value) == int(value):
                 object.__setattr__(self, name, int(value))
 
     @property
@@ -375,7 +623,7 @@ class FixedPopulation(Population):
         super().validate()
         for key in self.SCALARS:
             value = getattr(self, key)
-            if not isinstance(value, (int, np.integer)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
                 raise GraphError(f"{self.where()} {key}: expected an integer, found {value!r}")
             BITS[key].check(f"{self.where()} {key}", value)
         if self.bias_mant.shape != (self.size,):
@@ -439,22 +687,27 @@ class FixedStochastic(FixedPopulation):
 
 
 #: Node types that carry synaptic weights (their input arrives one step later).
-SYNAPSES: tuple[type, ...] = (Affine, FixedAffine)
+SYNAPSES: tuple[type, ...] = (Affine, FixedAffine, Conv2d, FixedConv2d)
+#: Fixed-point synapse nodes.
+FIXED_SYNAPSES: tuple[type, ...] = (FixedAffine, FixedConv2d)
+#: Nodes with exactly one incoming edge.
+SINGLE_INPUT: tuple[type, ...] = (Affine, FixedAffine, Conv2d, FixedConv2d, AvgPool2d, Flatten, Output)
 #: Node types that hold state and spike (or, for ReLU, the ANN activation they replace).
 NEURONS: tuple[type, ...] = (ReLU, IF, LIF, Stochastic, FixedLIF, FixedStochastic)
 #: Spiking neurons of a quantized graph.
 FIXED_NEURONS: tuple[type, ...] = (FixedLIF, FixedStochastic)
 #: Nodes a quantized (deployable) graph is made of.
-FIXED_TYPES: tuple[type, ...] = (Input, Output, Flatten, FixedAffine, FixedLIF, FixedStochastic)
+FIXED_TYPES: tuple[type, ...] = (Input, Output, Flatten, FixedAffine, FixedConv2d, FixedLIF, FixedStochastic)
 
 
 @dataclass(frozen=True, eq=False)
 class Graph:
     """Nodes and directed edges ``(src, dst)``; validates itself on construction.
 
-    Rules: names unique; every edge's endpoints exist and their sizes agree; at least one
-    Input and exactly one Output; Affine/Flatten/Output have exactly one predecessor;
-    neurons (ReLU, IF, FixedLIF) are fed only by synapse nodes, whose outputs they sum;
+    Rules: names unique; every edge's endpoints exist and their shapes agree; at least one
+    Input and exactly one Output; synapses, pools, Flatten and Output have exactly one
+    predecessor, a Concat one per input shape (in edge order); neurons (ReLU, IF, LIF,
+    FixedLIF, ...) are fed only by synapse nodes, whose outputs they sum;
     every node is reachable from an Input; every cycle passes through a synapse node into a
     neuron (so it has a delay).
     """
@@ -469,10 +722,19 @@ class Graph:
         object.__setattr__(self, "metadata", dict(self.metadata))
         self.validate()
 
-    # -- access --------------------------------------------------------------------------
-    @property
+    # -- access (adjacency computed once: every accessor is O(degree)) -------------------
+    @functools.cached_property
     def by_name(self) -> dict[str, Node]:
         return {n.name: n for n in self.nodes}
+
+    @functools.cached_property
+    def _adjacency(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        preds: dict[str, list[str]] = {n.name: [] for n in self.nodes}
+        succs: dict[str, list[str]] = {n.name: [] for n in self.nodes}
+        for a, b in self.edges:
+            succs.setdefault(a, []).append(b)
+            preds.setdefault(b, []).append(a)
+        return preds, succs
 
     def node(self, name: str) -> Node:
         try:
@@ -481,10 +743,11 @@ class Graph:
             raise GraphError(f"no node named '{name}'") from None
 
     def predecessors(self, name: str) -> list[str]:
-        return [a for a, b in self.edges if b == name]
+        """Sources of edges into ``name``, in edge order (a Concat's inputs in order)."""
+        return list(self._adjacency[0].get(name, ()))
 
     def successors(self, name: str) -> list[str]:
-        return [b for a, b in self.edges if a == name]
+        return list(self._adjacency[1].get(name, ()))
 
     def of_type(self, *types: type) -> list[Node]:
         return [n for n in self.nodes if isinstance(n, types)]
@@ -506,15 +769,16 @@ class Graph:
     def is_fixed(self) -> bool:
         return all(isinstance(n, FIXED_TYPES) for n in self.nodes)
 
-    # -- validation ------------------------------------------------------------------------
+    # -- validation (linear in nodes + edges) ---------------------------------------------
     def validate(self) -> None:
-        names = [n.name for n in self.nodes]
-        dup = {x for x in names if names.count(x) > 1}
-        if dup:
-            raise GraphError(f"graph: node names must be unique, found duplicates {sorted(dup)}")
         for n in self.nodes:
             if not isinstance(n, Node):
                 raise GraphError(f"graph: expected IR nodes, found {type(n).__name__}")
+        counts = collections.Counter(n.name for n in self.nodes)
+        dup = sorted(str(x) for x, c in counts.items() if c > 1)
+        if dup:
+            raise GraphError(f"graph: node names must be unique, found duplicates {dup[:10]}")
+        for n in self.nodes:
             n.validate()
         nodes = self.by_name
         for a, b in self.edges:
@@ -525,10 +789,10 @@ class Graph:
                 raise GraphError(f"edge {a} -> {b}: an Input takes no incoming edge")
             if isinstance(nodes[a], Output):
                 raise GraphError(f"edge {a} -> {b}: an Output has no outgoing edge")
-            if nodes[a].out_size != nodes[b].in_size:
+            if not isinstance(nodes[b], Concat) and nodes[a].out_shape != nodes[b].in_shape:
                 raise GraphError(
-                    f"edge {a} -> {b}: '{a}' gives {nodes[a].out_size} values, "
-                    f"'{b}' expects {nodes[b].in_size}"
+                    f"edge {a} -> {b}: '{a}' gives shape {nodes[a].out_shape}, "
+                    f"'{b}' expects {nodes[b].in_shape}"
                 )
         if not self.inputs:
             raise GraphError("graph: expected at least one Input node, found none")
@@ -537,25 +801,31 @@ class Graph:
             raise GraphError(f"graph: expected exactly one Output node, found {len(outs)}")
         for n in self.nodes:
             preds = self.predecessors(n.name)
-            if isinstance(n, (Affine, FixedAffine, Flatten, Output)) and len(preds) != 1:
+            if isinstance(n, SINGLE_INPUT) and len(preds) != 1:
                 raise GraphError(f"{n.where()}: expected exactly one input edge, found {len(preds)}")
+            if isinstance(n, Concat):
+                got = [nodes[p].out_shape for p in preds]
+                if got != list(n.input_shapes):
+                    raise GraphError(f"{n.where()}: inputs expected shapes {list(n.input_shapes)}, "
+                                     f"found {got}")
             if isinstance(n, NEURONS):
                 if not preds:
                     raise GraphError(f"{n.where()}: expected at least one input edge, found none")
                 for p in preds:
                     if not isinstance(nodes[p], SYNAPSES):
                         raise GraphError(
-                            f"{n.where()}: inputs must come through Affine/FixedAffine, "
+                            f"{n.where()}: inputs must come through a synapse node "
+                            f"(Affine, Conv2d or their fixed-point forms), "
                             f"found '{p}' ({type(nodes[p]).__name__})"
                         )
-            if isinstance(n, FixedAffine):
+            if isinstance(n, FIXED_SYNAPSES):
                 src = self.source_through_flatten(preds[0])
                 if not isinstance(nodes[src], (Input, *FIXED_NEURONS)):
                     raise GraphError(
                         f"{n.where()}: expected input from an Input or a fixed-point neuron, "
                         f"found '{src}' ({type(nodes[src]).__name__})"
                     )
-        reached = self.depths()
+        reached = self._depths
         for n in self.nodes:
             if n.name not in reached:
                 raise GraphError(f"{n.where()}: not reachable from any Input")
@@ -587,6 +857,10 @@ class Graph:
     # -- structure -----------------------------------------------------------------------
     def topological_order(self) -> list[str]:
         """Order in which a feedforward evaluation can run (delayed edges are ignored)."""
+        return list(self._topological_order)
+
+    @functools.cached_property
+    def _topological_order(self) -> list[str]:
         ff = [(a, b) for a, b in self.edges if not self.is_recurrent_edge(a, b)]
         order = _toposort([n.name for n in self.nodes], ff)
         assert order is not None  # guaranteed by _check_cycles
@@ -626,10 +900,10 @@ def _toposort(names: Sequence[str], edges: Sequence[tuple[str, str]]) -> list[st
     for a, b in edges:
         indeg[b] += 1
         succ[a].append(b)
-    ready = [n for n in names if indeg[n] == 0]
+    ready = collections.deque(n for n in names if indeg[n] == 0)
     order = []
     while ready:
-        n = ready.pop(0)
+        n = ready.popleft()
         order.append(n)
         for m in succ[n]:
             indeg[m] -= 1

@@ -12,10 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-STATE_BITS = 24
-STATE_MAX = 2 ** (STATE_BITS - 1)  # 2**23: u wraps and v saturates here
-DECAY_UNITY = 4096  # du, dv are 12-bit fractions of 4096
-ACT_SHIFT = 6  # synaptic input and threshold are MSB-aligned by 6 bits
+from spikeforge.fixedpoint import ACT_SHIFT, DECAY_SHIFT, DECAY_UNITY, STATE_BITS, STATE_MAX
+
+__all__ = ["ACT_SHIFT", "DECAY_UNITY", "STATE_BITS", "STATE_MAX"]
 
 
 class LIFParams(NamedTuple):
@@ -49,7 +48,7 @@ def lif_init(batch: int, n: int) -> LIFState:
 def decay(x: np.ndarray, d: int) -> np.ndarray:
     """trunc(x * (4096 - d) / 4096), rounding toward zero (Lava: sign * (|x| >> 12))."""
     p = x * (DECAY_UNITY - d)
-    return np.sign(p) * (np.abs(p) >> 12)
+    return np.sign(p) * (np.abs(p) >> DECAY_SHIFT)
 
 
 def linear_leak(d: np.ndarray, leak: int) -> np.ndarray:

@@ -45,7 +45,7 @@ def test_invalid_graphs_name_the_problem(mutate, message):
 def test_size_mismatch_names_edge():
     g = mlp()
     nodes = [ir.Affine("fc2", np.ones((2, 5)), np.zeros(2)) if n.name == "fc2" else n for n in g.nodes]
-    with pytest.raises(GraphError, match=r"edge r1 -> fc2: 'r1' gives 3 values, 'fc2' expects 5"):
+    with pytest.raises(GraphError, match=r"edge r1 -> fc2: 'r1' gives shape \(3,\), 'fc2' expects \(5,\)"):
         ir.Graph(tuple(nodes), g.edges)
 
 
