@@ -73,7 +73,8 @@ class Brian2Program:
     target: str
     mode: str
     max_synapses: int
-    nnz: dict[str, int]  # projection name -> nonzero weights
+    nnz: dict[str, int]  # projection name -> nonzero synapses
+    coo: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # projection -> (pre, post, w)
 
 
 class Brian2Backend(Backend):
@@ -121,13 +122,10 @@ class Brian2Backend(Backend):
                                        f"FixedStochastic layers only")
             if isinstance(node, ir.FixedLIF) and node.reset not in ir.FIXED_RESETS:  # pragma: no cover
                 raise UnsupportedError(f"{node.where()}: reset '{node.reset}' is not supported")
-        nnz = {}
-        for proj in net.projections:
-            w = np.asarray(proj.weight)
-            if not np.issubdtype(w.dtype, np.integer):  # pragma: no cover - IR stores int64
-                raise UnsupportedError(f"node '{proj.name}' (FixedAffine): weight must be integer, found {w.dtype}")
-            nnz[proj.name] = int(np.count_nonzero(w))
-        return Brian2Program(net, self.target, self.mode, self.max_synapses, nnz)
+        # explicit connectivity: a dense matrix's nonzeros or a convolution's sparse synapses
+        coo = {proj.name: proj.coo() for proj in net.projections}
+        nnz = {name: int(len(c[0])) for name, c in coo.items()}
+        return Brian2Program(net, self.target, self.mode, self.max_synapses, nnz, coo)
 
     # -- run -------------------------------------------------------------------------------
     def run(self, program: Brian2Program, payloads: np.ndarray, sample_offset: int = 0) -> RunResult:
@@ -380,7 +378,8 @@ class _Model:
             s = b2.Synapses(groups[proj.src], groups[proj.dst], "w : integer (constant)",
                             on_pre=on_pre, namespace={}, dtype={"w": _INT},
                             name=f"sf_proj{pi}", **common)
-            pre, post, w = _block_diagonal(proj, copies)
+            pre, post, w = _block_diagonal(program.coo[proj.name], _size(net, proj.src),
+                                           _size(net, proj.dst), copies)
             s.connect(i=pre, j=post)
             s.w = w
             self.synapses.append(s)
@@ -423,11 +422,15 @@ class _Model:
         return idx, step
 
 
-def _block_diagonal(proj: Projection, copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _size(net: Network, name: str) -> int:
+    return net.input.size if name == net.input.name else net.layer(name).size
+
+
+def _block_diagonal(coo: tuple[np.ndarray, np.ndarray, np.ndarray], n_src: int, n_dst: int,
+                    copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Synapse lists (pre, post, w) of ``copies`` independent copies of a projection."""
-    n_dst, n_src = proj.weight.shape
-    rows, cols = np.nonzero(proj.weight)
-    w = np.asarray(proj.weight[rows, cols], _INT)
+    cols, rows, w = coo
+    w = np.asarray(w, _INT)
     off = np.arange(copies, dtype=_INT)[:, None]
     pre = (off * n_src + cols[None, :]).ravel()
     post = (off * n_dst + rows[None, :]).ravel()

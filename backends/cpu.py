@@ -16,8 +16,11 @@ from spikeforge import ir
 from spikeforge.backends.base import Backend, RunResult
 from spikeforge.errors import DataError
 from spikeforge.network import Layer, Network, Projection
-from spikeforge.neuron import (LIFParams, LIFState, StochasticParams, dense, lif_init, lif_step,
+from spikeforge.neuron import (LIFParams, LIFState, StochasticParams, dense, lif_init, lif_step, shift,
                                stochastic_step, uniform_ints)
+
+#: Working-set bound per sub-batch: samples x steps x (largest layer) int64 values.
+WORK_VALUES = 2**24
 
 
 @dataclass
@@ -42,7 +45,15 @@ class CpuBackend(Backend):
         net = program.net
         payloads = check_payloads(net, payloads)
         run = _run_time_batched if program.time_batched else _run_stepwise
-        spikes, v_final = run(net, payloads, sample_offset)
+        batch, steps, _ = payloads.shape
+        widest = max([net.input.size] + [l.size for l in net.layers])
+        per = max(1, WORK_VALUES // max(1, steps * widest))
+        if batch <= per:
+            spikes, v_final = run(net, payloads, sample_offset)
+        else:  # sub-batches bound the working set by the widest layer; spikes do not depend on it
+            parts = [run(net, payloads[i:i + per], sample_offset + i) for i in range(0, batch, per)]
+            spikes = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
+            v_final = np.concatenate([p[1] for p in parts])
         ro = net.layer(net.readout)
         return RunResult(spikes, v_final, net.readout, ro.node.vth_scaled)
 
@@ -66,6 +77,18 @@ def _max_input(net: Network, proj: Projection) -> int:
     return net.input.payload_max if proj.graded else 1
 
 
+def synaptic_input(net: Network, proj: Projection, s: np.ndarray) -> np.ndarray:
+    """a = floor(W s 2**weight_exp) for spikes/payloads s (..., src) -> (..., dst), exact:
+    a dense product or a native convolution (spikeforge.conv), by the projection's kind."""
+    if proj.conv is None:
+        return dense(proj.weight, proj.weight_exp, s, _max_input(net, proj))
+    from spikeforge.conv import conv2d_int
+
+    lead = s.shape[:-1]
+    acc = conv2d_int(s.reshape(-1, s.shape[-1]), proj.weight, proj.conv, _max_input(net, proj))
+    return shift(acc.reshape(*lead, -1), proj.weight_exp)
+
+
 def _run_time_batched(net: Network, payloads: np.ndarray, offset: int) -> tuple[dict, np.ndarray]:
     """Feedforward: a layer's synaptic input for all steps is one matmul of its sources'
     whole spike trains, shifted by the one-step delay; then the neuron scan over time."""
@@ -76,7 +99,7 @@ def _run_time_batched(net: Network, payloads: np.ndarray, offset: int) -> tuple[
         a = np.zeros((batch, steps, layer.size), np.int64)
         for proj in net.incoming(layer.name):
             src = out[proj.src]
-            a[:, 1:] += dense(proj.weight, proj.weight_exp, src[:, :-1], _max_input(net, proj))
+            a[:, 1:] += synaptic_input(net, proj, src[:, :-1])
         params, state = layer.params, lif_init(batch, layer.size)
         s = np.zeros((batch, steps, layer.size), bool)
         for t in range(steps):
@@ -100,7 +123,7 @@ def _run_stepwise(net: Network, payloads: np.ndarray, offset: int) -> tuple[dict
         for layer in net.layers:
             a = np.zeros((batch, layer.size), np.int64)
             for proj in net.incoming(layer.name):
-                a += dense(proj.weight, proj.weight_exp, prev[proj.src], _max_input(net, proj))
+                a += synaptic_input(net, proj, prev[proj.src])
             states[layer.name], s = _neuron_step(layer, params[layer.name], states[layer.name], a, t, offset)
             spikes[layer.name][:, t] = s
             new[layer.name] = s.astype(np.int64)

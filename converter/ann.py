@@ -1,4 +1,5 @@
-"""Float evaluation of ANN graphs (Input, Flatten, Affine, ReLU, Output), batched.
+"""Float evaluation of ANN graphs (Input, Flatten, Affine, Conv2d, AvgPool2d, Concat, ReLU,
+Output), batched; activations are flat per sample (C order for feature maps).
 
 Used for calibration (normalization statistics), for the ANN accuracy printed beside the
 SNN's, and for per-layer ANN-vs-SNN comparisons. IF nodes evaluate as their rate model,
@@ -6,6 +7,8 @@ clip(x / v_threshold, 0, 1), so a converted float graph can be checked too.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -23,6 +26,29 @@ def _identity(node: ir.Node, x: np.ndarray) -> np.ndarray:
 @EVAL.register(ir.Affine)
 def _affine(node: ir.Affine, x: np.ndarray) -> np.ndarray:
     return x @ node.weight.T + node.bias
+
+
+@EVAL.register(ir.Conv2d)
+def _conv(node: ir.Conv2d, x: np.ndarray) -> np.ndarray:
+    from spikeforge.conv import conv2d
+
+    hw = math.prod(node.out_shape[1:])
+    return conv2d(x, node.weight, node.geometry) + np.repeat(node.bias, hw)[None, :]
+
+
+@EVAL.register(ir.AvgPool2d)
+def _avgpool(node: ir.AvgPool2d, x: np.ndarray) -> np.ndarray:
+    from spikeforge.conv import conv2d
+
+    c = node.input_shape[0]
+    kh, kw = node.kernel_size
+    kernel = np.full((c, 1, kh, kw), 1.0 / (kh * kw))
+    return conv2d(x, kernel, node.geometry)
+
+
+@EVAL.register(ir.Concat)
+def _concat(node: ir.Concat, x: np.ndarray) -> np.ndarray:
+    return x  # forward() concatenates the inputs in edge order (channels are the outer dim)
 
 
 @EVAL.register(ir.ReLU)
@@ -52,7 +78,13 @@ def forward(graph: ir.Graph, x: np.ndarray, iterations: int | None = None) -> di
         acts: dict[str, np.ndarray] = {}
         for name in graph.topological_order():
             node = graph.node(name)
-            arg = x if isinstance(node, ir.Input) else sum(acts[p] for p in graph.predecessors(name))
+            preds = graph.predecessors(name)
+            if isinstance(node, ir.Input):
+                arg = x
+            elif isinstance(node, ir.Concat):
+                arg = np.concatenate([acts[p] for p in preds], axis=1)
+            else:
+                arg = sum(acts[p] for p in preds)
             acts[name] = EVAL.lookup(node)(node, arg)
         return acts
     return {k: v.mean(axis=0) for k, v in trajectory(graph, x, iterations).items()}
@@ -62,7 +94,7 @@ def trajectory(graph: ir.Graph, x: np.ndarray, iterations: int | None = None) ->
     """The rate model of a (possibly recurrent) graph, with the spiking timing: every synapse
     carries one step of delay and all neurons update together. For k = 1..K:
 
-        a_A[k] = W_A z_src(A)[k-1] + b_A                  (every Affine A)
+        a_A[k] = W_A z_src(A)[k-1] + b_A                  (every Affine or Conv2d A)
         h_n[k] = relu_n( sum_{A -> n} a_A[k] )            (every neuron n; h_n[0] = 0)
         y[k]   = a_A[k] for the Affine A feeding the Output (or h of the neuron feeding it)
 
@@ -82,15 +114,19 @@ def trajectory(graph: ir.Graph, x: np.ndarray, iterations: int | None = None) ->
     for name in order:
         node = nodes[name]
         prev[name] = x if isinstance(node, ir.Input) else np.zeros((len(x), node.out_size))
+    instant = (ir.Flatten, ir.AvgPool2d, ir.Concat)
     for name in order:  # Flatten of the input is the input at every k
-        if isinstance(nodes[name], ir.Flatten):
+        if isinstance(nodes[name], instant):
+            if not isinstance(nodes[name], ir.Flatten):
+                raise UnsupportedError(f"ANN evaluation: {nodes[name].where()} in a recurrent graph "
+                                       f"is not supported")
             prev[name] = prev[graph.predecessors(name)[0]]
     hist: dict[str, list[np.ndarray]] = {n: [] for n in order if not isinstance(nodes[n], (ir.Input, ir.Flatten))}
     for _ in range(K):
         cur = dict(prev)
         for name in order:
             node = nodes[name]
-            if isinstance(node, ir.Affine):
+            if isinstance(node, ir.SYNAPSES):
                 cur[name] = EVAL.lookup(node)(node, prev[graph.predecessors(name)[0]])
         for name in order:
             node = nodes[name]

@@ -1,26 +1,37 @@
 """Conversion passes, each a pure ``Graph -> Graph`` function (the result validates itself).
 
-    normalize   data-based weight normalization (SNN Toolbox): each layer's activations are
-                divided by lambda_l, a percentile (default 99.9) of its positive activations on
-                calibration data:  W_l <- W_l * lambda_{l-1} / lambda_l,  b_l <- b_l / lambda_l
-    relu_to_if  ReLU -> IF(v_threshold = 1, reset); a readout IF after a final Affine
-    quantize    IF + Affine -> FixedLIF + FixedAffine in Loihi 2 fixed point
+    fold_linear      AvgPool2d and Concat disappear into the next affine map (Conv2d, or
+                     Flatten + Affine): pooling is linear, so  W' = W . P  exactly; a Concat
+                     splits its consumer's weights by input
+    normalize        data-based weight normalization (SNN Toolbox): each layer's activations are
+                     divided by lambda_l, a percentile (default 99.9) of its positive activations on
+                     calibration data:  W_l <- W_l * lambda_{l-1} / lambda_l,  b_l <- b_l / lambda_l;
+                     weights from units that never activate on the calibration data are zeroed
+    relu_to_if       ReLU -> IF(v_threshold = 1, reset); a readout IF after a final synapse
+    quantize         IF + Affine/Conv2d -> FixedLIF + FixedAffine/FixedConv2d in Loihi 2 fixed point
+    balance_latency  every neuron's inputs arrive with the same latency: relay (copy) layers
+                     delay the shorter branches of residual and concat blocks
+
+:func:`convert` runs them as a pipeline; a failing pass is named with the passes before it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 
-from spikeforge import ir
+from spikeforge import fixedpoint, ir
 from spikeforge.converter.ann import forward, trajectory
-from spikeforge.errors import SpikeforgeError
+from spikeforge.converter.fold import fold_linear
+from spikeforge.converter.latency import balance_latency
+from spikeforge.errors import SpikeforgeError, UnsupportedError
 
 Normalization = Literal["percentile", "max", "none"]
 VTH_TARGET = 1024  # vth lands in [1024, 2048) with weights using the full 8-bit range
-W_MAX = 127  # symmetric 8-bit mantissas: [-127, 127] (Lava's inhibitory-only clip is -255 on 2w)
+W_MAX = fixedpoint.W_MAX  # symmetric 8-bit mantissas: [-127, 127] (Lava's inhibitory-only clip is -255 on 2w)
+ANN_TYPES: tuple[type, ...] = (ir.Input, ir.Flatten, ir.Affine, ir.Conv2d, ir.ReLU, ir.Output)
 
 
 def _check_graph(graph: ir.Graph, allowed: tuple[type, ...], pass_name: str) -> None:
@@ -39,6 +50,39 @@ def _scale_stat(a: np.ndarray, method: Normalization, percentile: float) -> floa
     return float(np.percentile(pos, percentile))
 
 
+def _dead_inputs(graph: ir.Graph, node: ir.Node, acts: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Input units of synapse ``node`` that never activate on the calibration data (a ReLU
+    source whose output is 0 on every sample), as a bool mask over its flat input; None if
+    the source is not a ReLU."""
+    src = graph.source_through_flatten(graph.predecessors(node.name)[0])
+    if not isinstance(graph.node(src), ir.ReLU) or src not in acts:
+        return None
+    return ~(acts[src] > 0).any(axis=0)
+
+
+def _prune(node: ir.Node, dead: np.ndarray) -> tuple[ir.Node, int]:
+    """Zero the weights that read dead inputs (for Conv2d: channels dead at every position).
+    Their ANN contribution is 0 on all calibration data, while a BatchNorm folded forward can
+    have scaled them by 1/sqrt(var + eps) ~ 300 and so set the whole layer's weight exponent."""
+    if isinstance(node, ir.Affine):
+        w = node.weight.copy()
+        hit = int((w[:, dead] != 0).sum())
+        w[:, dead] = 0.0
+        return node.replace(weight=w), hit
+    if isinstance(node, ir.Conv2d):
+        c = node.input_shape[0]
+        dead_c = dead.reshape(c, -1).all(axis=1)
+        w = node.weight.copy()
+        cin_g, cout_g = c // node.groups, w.shape[0] // node.groups
+        hit = 0
+        for ch in np.flatnonzero(dead_c):
+            g, k = divmod(int(ch), cin_g)
+            hit += int((w[g * cout_g:(g + 1) * cout_g, k] != 0).sum())
+            w[g * cout_g:(g + 1) * cout_g, k] = 0.0
+        return node.replace(weight=w), hit
+    return node, 0
+
+
 def normalize(graph: ir.Graph, calib_x: np.ndarray, method: Normalization = "percentile",
               percentile: float = 99.9) -> ir.Graph:
     """Scale each layer so that its activation lambda_l maps to rate 1 (clip above)."""
@@ -46,7 +90,7 @@ def normalize(graph: ir.Graph, calib_x: np.ndarray, method: Normalization = "per
         raise SpikeforgeError(f"normalization: expected percentile, max or none, found {method!r}")
     if not 0 < percentile <= 100:
         raise SpikeforgeError(f"percentile: expected a value in (0, 100], found {percentile}")
-    _check_graph(graph, (ir.Input, ir.Flatten, ir.Affine, ir.ReLU, ir.Output), "normalize")
+    _check_graph(graph, ANN_TYPES, "normalize")
     if graph.is_feedforward():
         acts = forward(graph, calib_x)
     else:  # statistics over every iteration of the rate model
@@ -59,12 +103,13 @@ def normalize(graph: ir.Graph, calib_x: np.ndarray, method: Normalization = "per
             scale = _scale_stat(acts[node.name], method, percentile)
             lam[node.name] = max(min(scale, node.upper) if node.upper is not None else scale, 1e-12)
     new: dict[str, ir.Node] = {}
+    pruned: dict[str, int] = {}
     for name in graph.topological_order():
         node = graph.node(name)
         preds = graph.predecessors(name)
         if isinstance(node, (ir.Flatten, ir.Output)) and name not in lam:
             lam[name] = lam[preds[0]]
-        elif isinstance(node, ir.Affine):
+        elif isinstance(node, ir.SYNAPSES):
             succ = graph.successors(name)
             if len(succ) != 1:
                 raise SpikeforgeError(f"normalize: {node.where()} feeds {len(succ)} nodes; expected one")
@@ -75,13 +120,20 @@ def normalize(graph: ir.Graph, calib_x: np.ndarray, method: Normalization = "per
                 lam_dst = max(_scale_stat(acts[name], method, percentile), 1e-12)
             lam[name] = lam_dst
             lam_src = lam[graph.source_through_flatten(preds[0])]
-            new[name] = node.replace(weight=node.weight * lam_src / lam_dst, bias=node.bias / lam_dst)
+            scaled = node.replace(weight=node.weight * lam_src / lam_dst, bias=node.bias / lam_dst)
+            dead = _dead_inputs(graph, node, acts)
+            if dead is not None and dead.any():
+                scaled, hit = _prune(scaled, dead)
+                if hit:
+                    pruned[name] = hit
+            new[name] = scaled
         elif isinstance(node, ir.ReLU):
             new[name] = node.replace(upper=1.0)
     nodes = [new.get(n.name, n) for n in graph.nodes]
     meta = {"normalization": {"method": method, "percentile": percentile,
                               "lambda": {k: v for k, v in lam.items()
-                                         if isinstance(graph.node(k), ir.Affine)}}}
+                                         if isinstance(graph.node(k), ir.SYNAPSES)},
+                              "dead_input_weights_zeroed": pruned}}
     return graph.with_nodes(nodes).with_metadata(**meta)
 
 
@@ -96,20 +148,21 @@ def relu_to_if(graph: ir.Graph, reset: ir.Reset = "subtract", neuron: str = "if"
         raise SpikeforgeError(f"reset: expected one of {ir.RESETS}, found {reset!r}")
     if neuron not in NEURON_KINDS:
         raise SpikeforgeError(f"neuron: expected one of {NEURON_KINDS}, found {neuron!r}")
-    _check_graph(graph, (ir.Input, ir.Flatten, ir.Affine, ir.ReLU, ir.Output), "relu_to_if")
+    _check_graph(graph, ANN_TYPES, "relu_to_if")
 
     def spiking(i: int, n: ir.ReLU) -> ir.Node:
         if neuron == "stochastic":
-            return ir.Stochastic(n.name, n.size, seed=(seed * 1_000_003 + i + 1) % 2**32)
-        return ir.IF(n.name, n.size, 1.0, reset)
+            return ir.Stochastic(n.name, n.size, seed=(seed * 1_000_003 + i + 1) % 2**32, shape=n.shape)
+        return ir.IF(n.name, n.size, 1.0, reset, shape=n.shape)
 
     nodes = [spiking(i, n) if isinstance(n, ir.ReLU) else n for i, n in enumerate(graph.nodes)]
     edges = list(graph.edges)
     out = graph.output
     (pred,) = graph.predecessors(out.name)
-    if isinstance(graph.node(pred), ir.Affine):
+    if isinstance(graph.node(pred), ir.SYNAPSES):
         name = "readout" if "readout" not in graph.by_name else f"{pred}_readout"
-        nodes.insert(len(nodes) - 1, ir.IF(name, graph.node(pred).out_size, 1.0, reset))
+        last = graph.node(pred)
+        nodes.insert(len(nodes) - 1, ir.IF(name, last.out_size, 1.0, reset, shape=last.out_shape))
         edges = [e for e in edges if e != (pred, out.name)] + [(pred, name), (name, out.name)]
     return ir.Graph(tuple(nodes), tuple(edges), graph.metadata)
 
@@ -138,10 +191,44 @@ def _ceil_log2(x: float) -> int:
 
 
 def _exp_for(m: float, vth: int) -> int:
-    """Smallest weight exponent e with max |W| * vth / 2**e <= 127, within [-8, 7]."""
+    """Smallest weight exponent e with round(max |W| * vth / 2**e) <= 127, within [-8, 7]: the
+    largest mantissa then lies in [64, 127] (the full signed 8-bit range) unless e is at a bound."""
     lo, hi = ir.BITS["weight_exp"].lo, ir.BITS["weight_exp"].hi
     e = _ceil_log2(m * vth / W_MAX) if m > 0 else 0
+    if m > 0 and np.rint(m * vth / 2.0 ** (e - 1)) <= W_MAX:  # rounding admits up to 127.49
+        e -= 1
     return int(min(max(e, lo), hi))
+
+
+#: Float synapse + (mantissas, exponent) -> its fixed-point node.
+FIXED_SYNAPSE = ir.Registry("quantization")
+
+
+@FIXED_SYNAPSE.register(ir.Affine)
+def _fixed_affine(node: ir.Affine, wq: np.ndarray, e: int) -> ir.Node:
+    return ir.FixedAffine(node.name, wq, e)
+
+
+@FIXED_SYNAPSE.register(ir.Conv2d)
+def _fixed_conv(node: ir.Conv2d, wq: np.ndarray, e: int) -> ir.Node:
+    return ir.FixedConv2d(node.name, node.input_shape, node.stride, node.padding, node.dilation,
+                          node.groups, weight=wq, weight_exp=e)
+
+
+def _neuron_bias(node: ir.Node) -> np.ndarray:
+    """A synapse's bias per target neuron (a conv's per-channel bias at every position)."""
+    bias = getattr(node, "bias")
+    per = node.out_size // bias.shape[0]
+    return np.repeat(bias, per)
+
+
+def synapse_count(node: ir.Node) -> int:
+    """Nonzero synapses (connections) of a fixed or float synapse node."""
+    if isinstance(node, (ir.Conv2d, ir.FixedConv2d)):
+        from spikeforge.conv import synapse_count as conv_count
+
+        return conv_count(node.weight, node.geometry)
+    return int(np.count_nonzero(getattr(node, "weight")))
 
 
 def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
@@ -153,7 +240,8 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
     8-bit range; the bias becomes  round(b vth 64 / theta) = bias_mant << bias_exp  in state
     units. The per-layer report is stored in the graph's metadata under "quantization".
     """
-    _check_graph(graph, (ir.Input, ir.Flatten, ir.Affine, ir.IF, ir.LIF, ir.Stochastic, ir.Output), "quantize")
+    _check_graph(graph, (ir.Input, ir.Flatten, ir.Affine, ir.Conv2d, ir.IF, ir.LIF, ir.Stochastic,
+                         ir.Output), "quantize")
     if not 1 <= payload_bits <= 8:
         raise SpikeforgeError(f"payload_bits: expected 1..8, found {payload_bits}")
     payload_max = 2**payload_bits - 1
@@ -179,7 +267,7 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
         incoming = [nodes[p] for p in graph.predecessors(name)]
         scaled = []
         for aff in incoming:
-            assert isinstance(aff, ir.Affine)
+            assert isinstance(aff, ir.SYNAPSES)
             src = source(aff.name)
             s = 1.0 / payload_max if isinstance(src, ir.Input) else 1.0
             scaled.append((aff, src, aff.weight * s * gain / theta))
@@ -194,13 +282,14 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
             clipped += int((np.abs(wq) > W_MAX).sum())
             wq = np.clip(wq, -W_MAX, W_MAX).astype(np.int64)
             zeroed += int(((wq == 0) & (aff.weight != 0)).sum())
-            synapses += int((wq != 0).sum())
+            fixed = FIXED_SYNAPSE.lookup(aff)(aff, wq, e)
+            synapses += synapse_count(fixed)
             in_max = payload_max if isinstance(src, ir.Input) else 1
-            acc = int((np.abs(wq) * in_max).sum(axis=1).max(initial=0))
+            acc = int(np.abs(wq).reshape(wq.shape[0], -1).sum(axis=1).max(initial=0)) * in_max
             max_input += acc << e if e >= 0 else acc >> -e
-            new[aff.name] = ir.FixedAffine(aff.name, wq, e)
+            new[aff.name] = fixed
             exps.append(e)
-        bias_v = sum(aff.bias for aff in incoming) * gain * vth * 64.0 / theta
+        bias_v = sum(_neuron_bias(aff) for aff in incoming) * gain * vth * 64.0 / theta
         bias_exp, mant_hi = 0, ir.BITS["bias_mant"].hi
         while bias_exp < ir.BITS["bias_exp"].hi and np.abs(np.rint(bias_v / 2.0**bias_exp)).max(initial=0) > mant_hi:
             bias_exp += 1
@@ -216,13 +305,14 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
             dv = int(min(max(round(4096 / node.tau), 0), ir.BITS["dv"].hi)) if np.isfinite(node.tau) else 0
             new[name] = ir.FixedLIF(name, node.size, vth=vth, du=4095, dv=dv, bias_mant=mant,
                                     bias_exp=bias_exp, reset=node.reset, v_rest=to_state(node.v_leak),
-                                    v_reset=to_state(node.v_reset), refractory=int(node.refractory))
+                                    v_reset=to_state(node.v_reset), refractory=int(node.refractory),
+                                    shape=node.shape)
         elif isinstance(node, ir.Stochastic):
             new[name] = ir.FixedStochastic(name, node.size, vth=vth, bias_mant=mant, bias_exp=bias_exp,
-                                           seed=node.seed)
+                                           seed=node.seed, shape=node.shape)
         else:
             new[name] = ir.FixedLIF(name, node.size, vth=vth, du=4095, dv=0, bias_mant=mant,
-                                    bias_exp=bias_exp, reset=node.reset)
+                                    bias_exp=bias_exp, reset=node.reset, shape=node.shape)
         reports.append(LayerReport(name, node.size, synapses, tuple(exps), vth, bias_exp,
                                    clipped, zeroed, sat, max_input))
     out_nodes = [new.get(n.name, n) for n in graph.nodes]
@@ -236,14 +326,45 @@ def layer_reports(graph: ir.Graph) -> list[LayerReport]:
     return [LayerReport(**{**r, "weight_exp": tuple(r["weight_exp"])}) for r in rows]
 
 
+Pass = Callable[[ir.Graph], ir.Graph]
+
+
+class PassError(SpikeforgeError):
+    """A conversion pass failed; the message names it and the passes that ran before it."""
+
+
+def run_pipeline(graph: ir.Graph, passes: Sequence[tuple[str, Pass]]) -> ir.Graph:
+    """Apply the named passes in order; each result is a validated Graph. A failure is
+    re-raised as PassError naming the pass and its predecessors (the cause chained)."""
+    done: list[str] = []
+    for name, fn in passes:
+        try:
+            graph = fn(graph)
+        except SpikeforgeError as exc:
+            after = f" (after {', '.join(done)})" if done else ""
+            cls = UnsupportedError if isinstance(exc, UnsupportedError) else PassError
+            raise cls(f"pass '{name}'{after}: {exc}") from exc
+        if not isinstance(graph, ir.Graph):  # pragma: no cover - a programming error
+            raise PassError(f"pass '{name}' returned {type(graph).__name__}, expected a Graph")
+        done.append(name)
+    return graph
+
+
 def convert(ann: ir.Graph, calib_x: np.ndarray, reset: ir.Reset = "subtract",
             normalization: Normalization = "percentile", percentile: float = 99.9,
             payload_bits: int = 8, neuron: str = "if", seed: int = 0) -> ir.Graph:
-    """The whole pipeline: normalize -> relu_to_if -> quantize. A graph that is already
-    spiking (IF/LIF/Stochastic neurons, no ReLU: from NIR or a spiking model) is only quantized."""
+    """The whole pipeline: fold_linear -> normalize -> relu_to_if -> quantize ->
+    balance_latency. A graph that is already spiking (IF/LIF/Stochastic neurons, no ReLU: from
+    NIR or a spiking model) is only quantized and balanced."""
     if not ann.of_type(ir.ReLU) and ann.of_type(ir.IF, ir.LIF, ir.Stochastic):
-        return quantize(ann, payload_bits).with_metadata(neuron="spiking source")
-    g = normalize(ann, calib_x, normalization, percentile)
-    g = relu_to_if(g, reset, neuron, seed)
-    g = quantize(g, payload_bits)
+        g = run_pipeline(ann, [("quantize", lambda g: quantize(g, payload_bits)),
+                               ("balance_latency", balance_latency)])
+        return g.with_metadata(neuron="spiking source")
+    g = run_pipeline(ann, [
+        ("fold_linear", fold_linear),
+        ("normalize", lambda g: normalize(g, calib_x, normalization, percentile)),
+        ("relu_to_if", lambda g: relu_to_if(g, reset, neuron, seed)),
+        ("quantize", lambda g: quantize(g, payload_bits)),
+        ("balance_latency", balance_latency),
+    ])
     return g.with_metadata(reset=reset, neuron=neuron)

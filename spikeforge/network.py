@@ -44,13 +44,31 @@ class Layer(NamedTuple):
 
 
 class Projection(NamedTuple):
+    """One synapse node as backends run it: dense (``conv`` None, weight (dst, src)) or a
+    convolution (``conv`` its geometry, weight (C_out, C_in/groups, kH, kW)). Both compute
+    a = floor(sum w s 2**weight_exp) on flat C-order spike vectors."""
+
     name: str
     src: str  # input or layer name
     dst: str  # layer name
-    weight: np.ndarray  # int64 (dst.size, src.size), 8-bit mantissas
+    weight: np.ndarray  # int64, 8-bit mantissas
     weight_exp: int
     graded: bool  # True when the source is the Input (graded payloads)
     recurrent: bool  # True when it closes a cycle (self-recurrence or feedback)
+    conv: ir.ConvGeometry | None = None
+
+    @property
+    def max_abs_weight(self) -> int:
+        return int(np.abs(self.weight).max(initial=0))
+
+    def coo(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Nonzero synapses as flat (pre, post, w) int64 arrays."""
+        if self.conv is not None:
+            from spikeforge.conv import connections
+
+            return connections(self.weight, self.conv)
+        post, pre = np.nonzero(self.weight)
+        return pre.astype(np.int64), post.astype(np.int64), self.weight[post, pre].astype(np.int64)
 
 
 @dataclass
@@ -100,8 +118,8 @@ def _lower_neuron(node: ir.Node, graph: ir.Graph, net: Network) -> None:
     net.layers.append(Layer(node.name, node))
 
 
-@LOWER.register(ir.FixedAffine)
-def _lower_affine(node: ir.FixedAffine, graph: ir.Graph, net: Network) -> None:
+@LOWER.register(ir.FixedAffine, ir.FixedConv2d)
+def _lower_affine(node: ir.FixedAffine | ir.FixedConv2d, graph: ir.Graph, net: Network) -> None:
     (src,) = graph.predecessors(node.name)
     src = net.aliases.get(src, src)
     dsts = graph.successors(node.name)
@@ -110,7 +128,8 @@ def _lower_affine(node: ir.FixedAffine, graph: ir.Graph, net: Network) -> None:
     graded = net.input is not None and src == net.input.name
     net.projections.append(
         Projection(node.name, src, dsts[0], node.weight, node.weight_exp, graded,
-                   graph.is_recurrent_edge(node.name, dsts[0]) or graph.is_recurrent_edge(src, node.name))
+                   graph.is_recurrent_edge(node.name, dsts[0]) or graph.is_recurrent_edge(src, node.name),
+                   node.geometry if isinstance(node, ir.FixedConv2d) else None)
     )
 
 

@@ -1,0 +1,226 @@
+"""fold_linear: AvgPool2d and Concat folded into the next affine map (an ANN-level pass).
+
+Average pooling is a fixed linear map P, so a pool followed by a synapse W is one synapse
+W' = W . P (sum pooling whose 1/k^2 scale lands in the weights): no extra spiking layer, no
+extra step of latency, nothing approximate. Pool -> Conv2d gives a Conv2d whose kernel is the
+conv kernel spread over the pool windows (kernel s*d*(k-1) + p, stride s*S); pool -> Flatten
+-> Affine gives an Affine over the unpooled input. A channel Concat followed by a synapse is
+the sum of that synapse's slices applied to each input: the consumer is split by input
+channels, one piece per input, all feeding the same neurons (their latencies are then
+matched by balance_latency). Every fold is checked numerically on a random input before it
+is accepted; what cannot be folded exactly is refused by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spikeforge import ir
+from spikeforge.errors import UnsupportedError
+
+
+def identity_synapse(name: str, shape: ir.Shape) -> ir.Node:
+    """A synapse that passes a tensor through unchanged: a depthwise 1x1 Conv2d of ones for
+    (C, H, W), an identity Affine for vectors (residual shortcuts, relays)."""
+    if len(shape) == 3:
+        c = shape[0]
+        return ir.Conv2d(name, shape, groups=c, weight=np.ones((c, 1, 1, 1)), bias=np.zeros(c))
+    n = int(np.prod(shape))
+    return ir.Affine(name, np.eye(n), np.zeros(n))
+
+
+def _unique(graph_names: set[str], base: str) -> str:
+    name, k = base, 1
+    while name in graph_names:
+        k += 1
+        name = f"{base}_{k}"
+    graph_names.add(name)
+    return name
+
+
+class _Edit:
+    """Mutable working copy of a graph's nodes and edges (edge order kept)."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.nodes = {n.name: n for n in graph.nodes}
+        self.order = [n.name for n in graph.nodes]
+        self.edges = list(graph.edges)
+        self.metadata = dict(graph.metadata)
+
+    def preds(self, name: str) -> list[str]:
+        return [a for a, b in self.edges if b == name]
+
+    def succs(self, name: str) -> list[str]:
+        return [b for a, b in self.edges if a == name]
+
+    def add(self, node: ir.Node, after: str) -> None:
+        self.nodes[node.name] = node
+        self.order.insert(self.order.index(after) + 1, node.name)
+
+    def remove(self, name: str) -> None:
+        del self.nodes[name]
+        self.order.remove(name)
+        self.edges = [e for e in self.edges if name not in e]
+
+    def graph(self) -> ir.Graph:
+        return ir.Graph(tuple(self.nodes[n] for n in self.order), tuple(self.edges), self.metadata)
+
+
+def _pool_matrix_adjoint(W: np.ndarray, pool: ir.AvgPool2d) -> np.ndarray:
+    """W (out, C*Hp*Wp) over the pooled map -> W' (out, C*H*W) over the pool's input, W' = W P."""
+    c, h, w = pool.input_shape
+    _, hp, wp = pool.out_shape
+    (ph, pw), (qh, qw) = pool.kernel_size, pool.stride
+    t, l, _, _ = pool.padding
+    out = W.shape[0]
+    Wp = W.reshape(out, c, hp, wp)
+    Wx = np.zeros((out, c, h, w))
+    i, j = np.arange(hp), np.arange(wp)
+    for rh in range(ph):
+        ys = i * qh - t + rh
+        yi = (ys >= 0) & (ys < h)
+        for rw in range(pw):
+            xs = j * qw - l + rw
+            xi = (xs >= 0) & (xs < w)
+            Wx[:, :, ys[yi][:, None], xs[xi][None, :]] += Wp[:, :, i[yi][:, None], j[xi][None, :]]
+    return (Wx / (ph * pw)).reshape(out, -1)
+
+
+def _pool_into_conv(conv: ir.Conv2d, pool: ir.AvgPool2d, name: str) -> ir.Conv2d:
+    """Conv2d(AvgPool2d(x)) as one Conv2d on x."""
+    co, cig, kh, kw = conv.weight.shape
+    (ph, pw), (qh, qw) = pool.kernel_size, pool.stride
+    (dh, dw), (sh, sw) = conv.dilation, conv.stride
+    KH, KW = qh * dh * (kh - 1) + ph, qw * dw * (kw - 1) + pw
+    K = np.zeros((co, cig, KH, KW))
+    for a in range(kh):
+        for b in range(kw):
+            K[:, :, qh * dh * a:qh * dh * a + ph, qw * dw * b:qw * dw * b + pw] += \
+                conv.weight[:, :, a:a + 1, b:b + 1] / (ph * pw)
+    _, h, w = pool.input_shape
+    top = qh * conv.padding[0] + pool.padding[0]
+    left = qw * conv.padding[1] + pool.padding[1]
+    _, ho, wo = conv.out_shape
+    S_h, S_w = qh * sh, qw * sw
+    bottom = max(0, (ho - 1) * S_h + KH - h - top)
+    right = max(0, (wo - 1) * S_w + KW - w - left)
+    return ir.Conv2d(name, pool.input_shape, stride=(S_h, S_w), padding=(top, left, bottom, right),
+                     dilation=(1, 1), groups=conv.groups, weight=K, bias=conv.bias)
+
+
+def _check_same(before: list[ir.Node], after: ir.Node, what: str) -> None:
+    """The folded map equals the chain it replaces on a random input, or UnsupportedError."""
+    from spikeforge.converter.ann import EVAL
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, before[0].in_size))
+    y = x
+    for node in before:
+        y = EVAL.lookup(node)(node, y)
+    z = EVAL.lookup(after)(after, x)
+    if y.shape != z.shape or not np.allclose(y, z, rtol=1e-9, atol=1e-9):
+        raise UnsupportedError(f"{what} cannot be folded exactly (its windows, stride or padding "
+                               f"do not tile the input); use pooling with kernel = stride and no padding")
+
+
+def _fold_pool(ed: _Edit, pool: ir.AvgPool2d, names: set[str]) -> None:
+    succs = ed.succs(pool.name)
+    (src,) = ed.preds(pool.name)
+    if not succs:
+        raise UnsupportedError(f"{pool.where()}: a pool must be followed by a Conv2d or a Flatten "
+                               f"and Gemm (pooling folds into the next affine map)")
+    for s in succs:
+        node = ed.nodes[s]
+        if isinstance(node, ir.Conv2d):
+            new = _pool_into_conv(node, pool, node.name)
+            _check_same([pool, node], new, f"{pool.where()} followed by {node.where()}")
+            ed.nodes[s] = new
+            ed.edges = [(src, s) if e == (pool.name, s) else e for e in ed.edges]
+        elif isinstance(node, ir.Flatten) and len(node.out_shape) == 1 \
+                and all(isinstance(ed.nodes[a], ir.Affine) for a in ed.succs(s)):
+            flat = ir.Flatten(_unique(names, f"{node.name}_unpooled"), pool.input_shape)
+            ed.add(flat, s)
+            ed.edges.append((src, flat.name))
+            for a in ed.succs(s):
+                aff = ed.nodes[a]
+                new = aff.replace(weight=_pool_matrix_adjoint(aff.weight, pool))
+                _check_same([pool, node, aff], new, f"{pool.where()} followed by {aff.where()}")
+                ed.nodes[a] = new
+                ed.edges = [(flat.name, a) if e == (s, a) else e for e in ed.edges]
+            ed.remove(s)
+        else:
+            raise UnsupportedError(
+                f"{pool.where()} feeds {node.where()}: a pool must be followed by a Conv2d or a "
+                f"Flatten and Gemm (pooling folds into the next affine map)")
+    ed.remove(pool.name)
+
+
+def _split_concat(ed: _Edit, cat: ir.Concat, names: set[str]) -> None:
+    inputs = ed.preds(cat.name)
+    chans = [s[0] for s in cat.input_shapes]
+    bounds = np.cumsum([0] + chans)
+    for s in ed.succs(cat.name):
+        node = ed.nodes[s]
+        targets = ed.succs(s)
+        if isinstance(node, ir.Conv2d) and node.groups == 1:
+            pieces = [ir.Conv2d(_unique(names, f"{node.name}.{k}") if k else node.name, shp,
+                                stride=node.stride, padding=node.padding, dilation=node.dilation,
+                                weight=node.weight[:, bounds[k]:bounds[k + 1]],
+                                bias=node.bias if k == 0 else np.zeros_like(node.bias))
+                      for k, shp in enumerate(cat.input_shapes)]
+            ed.nodes[s] = pieces[0]
+            ed.edges = [e for e in ed.edges if e != (cat.name, s)]
+            for k, (inp, piece) in enumerate(zip(inputs, pieces)):
+                if k:
+                    ed.add(piece, s)
+                    ed.edges += [(piece.name, t) for t in targets]
+                ed.edges.append((inp, piece.name))
+        elif isinstance(node, ir.Flatten) and len(node.out_shape) == 1 \
+                and all(isinstance(ed.nodes[a], ir.Affine) for a in targets):
+            sizes = [int(np.prod(shp)) for shp in cat.input_shapes]
+            cols = np.cumsum([0] + sizes)
+            for a in targets:
+                aff = ed.nodes[a]
+                dsts = ed.succs(a)
+                for k, (inp, shp) in enumerate(zip(inputs, cat.input_shapes)):
+                    flat = ir.Flatten(_unique(names, f"{node.name}.{k}"), shp)
+                    piece = aff.replace(name=aff.name if k == 0 else _unique(names, f"{aff.name}.{k}"),
+                                        weight=aff.weight[:, cols[k]:cols[k + 1]],
+                                        bias=aff.bias if k == 0 else np.zeros_like(aff.bias))
+                    ed.add(flat, s)
+                    ed.edges.append((inp, flat.name))
+                    if k == 0:
+                        ed.nodes[a] = piece
+                        ed.edges = [(flat.name, a) if e == (s, a) else e for e in ed.edges]
+                    else:
+                        ed.add(piece, a)
+                        ed.edges += [(flat.name, piece.name)] + [(piece.name, d) for d in dsts]
+            ed.remove(s)
+        else:
+            raise UnsupportedError(
+                f"{cat.where()} feeds {node.where()}: a channel Concat must be followed by a "
+                f"Conv2d with groups=1 or a Flatten and Gemm (its consumer is split by input)")
+    ed.remove(cat.name)
+
+
+def fold_linear(graph: ir.Graph) -> ir.Graph:
+    """Remove every AvgPool2d and Concat by folding them into the following synapses."""
+    if not graph.of_type(ir.AvgPool2d, ir.Concat):
+        return graph
+    ed = _Edit(graph)
+    names = set(ed.nodes)
+    while True:  # concats first (a pool behind a concat then meets the split consumer)
+        cats = [n for n in ed.order if isinstance(ed.nodes[n], ir.Concat)]
+        if cats:
+            _split_concat(ed, ed.nodes[cats[0]], names)
+            continue
+        pools = [n for n in ed.order if isinstance(ed.nodes[n], ir.AvgPool2d)]
+        if not pools:
+            break
+        # fold the last pool first, so that a pool feeding a pool is met by the second's fold
+        pool = ed.nodes[pools[-1]]
+        if isinstance(ed.nodes[ed.preds(pool.name)[0]], ir.AvgPool2d):
+            raise UnsupportedError(f"{pool.where()}: two pools in a row are not supported; "
+                                   f"use one pool with the combined window")
+        _fold_pool(ed, pool, names)
+    return ed.graph()
