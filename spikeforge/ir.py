@@ -789,7 +789,10 @@ class Graph:
                 raise GraphError(f"edge {a} -> {b}: an Input takes no incoming edge")
             if isinstance(nodes[a], Output):
                 raise GraphError(f"edge {a} -> {b}: an Output has no outgoing edge")
-            if not isinstance(nodes[b], Concat) and nodes[a].out_shape != nodes[b].in_shape:
+            dense_in = isinstance(nodes[b], (Affine, FixedAffine))  # reads its input flattened
+            if isinstance(nodes[b], Concat) or dense_in and nodes[a].out_size == nodes[b].in_size:
+                continue
+            if nodes[a].out_shape != nodes[b].in_shape:
                 raise GraphError(
                     f"edge {a} -> {b}: '{a}' gives shape {nodes[a].out_shape}, "
                     f"'{b}' expects {nodes[b].in_shape}"
