@@ -21,10 +21,10 @@ if TYPE_CHECKING:
     from spikeforge.data import Dataset
 
 
-def _load_data(spec: str, limit: int | None) -> "Dataset":
+def _load_data(spec: str, limit: int | None, labels: bool = True) -> "Dataset":
     from spikeforge import data
 
-    ds = data.load(spec)
+    ds = data.load(spec, labels)
     if limit is not None:
         if limit < 1:
             raise SpikeforgeError(f"--limit: expected a positive number of samples, found {limit}")
@@ -121,8 +121,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         calib_note = "a spiking source: quantized directly; --reset/--neuron/--normalize do not apply"
     else:
         if args.calib is None:
-            raise SpikeforgeError(f"--calib: required to normalize the ANN {model} (a .npz with x and y, or 'digits')")
-        calib = _load_data(args.calib, None)
+            raise SpikeforgeError(f"--calib: required to normalize the ANN {model} (a .npz with x, or 'digits')")
+        calib = _load_data(args.calib, None, labels=False)
         calib_x = _features(calib, ann.inputs[0].out_size, args.calib)
         calib_note = (f"reset by {args.reset}, normalization {args.normalize}"
                       f"{f' {args.percentile}' if args.normalize == 'percentile' else ''}, "

@@ -124,8 +124,9 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: expected a file, found a directory or special file")
 
 
-def load_npz(path: PathLike) -> Dataset:
-    """An .npz with arrays ``x`` (n, ...) floats in [0, 1] or uint8 0..255 and ``y`` (n,) int labels."""
+def load_npz(path: PathLike, labels: bool = True) -> Dataset:
+    """An .npz with arrays ``x`` (n, ...) floats in [0, 1] or uint8 0..255 and ``y`` (n,) int labels
+    (``labels=False``: ``y`` may be absent, e.g. calibration data; it is then all zeros)."""
     path = Path(path)
     _check_file(path)
     if not zipfile.is_zipfile(path):
@@ -133,10 +134,11 @@ def load_npz(path: PathLike) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.files)
-            for key in ("x", "y"):
+            for key in ("x", "y") if labels else ("x",):
                 if key not in keys:
                     raise DataError(f"{path}: expected arrays 'x' and 'y', missing '{key}' (found {keys})")
-            x, y = archive["x"], archive["y"]
+            x = archive["x"]
+            y = archive["y"] if "y" in keys else np.zeros(len(x) if x.ndim else 0, np.int64)
     except DataError:
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -271,14 +273,15 @@ def load_mnist_idx(dir_or_files: PathLike | Sequence[PathLike], part: str = "all
     return make_dataset(x, np.concatenate(ys).astype(np.int64), name, where)
 
 
-def load(spec: str | os.PathLike[str] = "digits") -> Dataset:
-    """Load by spec: ``"digits"``, a path ending ``.npz``, or a directory of MNIST idx files."""
+def load(spec: str | os.PathLike[str] = "digits", labels: bool = True) -> Dataset:
+    """Load by spec: ``"digits"``, a path ending ``.npz``, or a directory of MNIST idx files.
+    ``labels=False`` accepts an .npz without ``y`` (calibration needs only ``x``)."""
     text = os.fspath(spec)
     if text == "digits":
         return load_digits()
     path = Path(text)
     if text.lower().endswith(".npz"):
-        return load_npz(path)
+        return load_npz(path, labels)
     if path.is_dir():
         return load_mnist_idx(path)
     found = "a file of another type" if path.exists() else "nothing at that path"
