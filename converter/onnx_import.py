@@ -498,7 +498,7 @@ def load_onnx(path: str | Path) -> ir.Graph:
     inp_name = ctx.add(ir.Input(_clean(inp.name), shape), [])
     ctx.producer[inp.name] = inp_name
     for node in g.node:
-        HANDLERS[node.op_type](ctx, node, _attrs(node), _clean(node.name or node.output[0], node.op_type))
+        HANDLERS[node.op_type](ctx, node, _attrs(node), _node_name(node))
     outs = list(g.output)
     if len(outs) != 1:
         raise UnsupportedError(f"{path}: expected one model output, found {len(outs)}")
@@ -510,6 +510,19 @@ def load_onnx(path: str | Path) -> ir.Graph:
         return ir.Graph(tuple(ctx.nodes.values()), tuple(ctx.edges), {"source": str(path)})
     except SpikeforgeError as exc:
         raise UnsupportedError(f"{path}: {exc}") from None
+
+
+def _node_name(node: Any) -> str:
+    """The IR name of an ONNX node: the torch module path when the exporter recorded it (the
+    dynamo exporter's ``namespace`` metadata, e.g. 'features.3'), else :func:`_clean` of its name."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    scope = meta.get("namespace")
+    if scope:
+        names = [part.split(":")[0].strip() for part in scope.split("/")]
+        path = ".".join(n for n in names[1:-1] if n)
+        if path:
+            return path
+    return _clean(node.name or node.output[0], node.op_type)
 
 
 def _clean(name: str, op: str = "") -> str:
