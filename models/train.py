@@ -17,6 +17,7 @@ from torch import nn
 from spikeforge.data import Dataset, split
 from spikeforge.errors import DataError, SpikeforgeError
 from spikeforge.fileio import atomic_path
+from spikeforge.models.cnn import RateCNN
 from spikeforge.models.mlp import RateMLP
 
 #: Largest |onnxruntime - torch| logit difference export_onnx accepts.
@@ -141,6 +142,18 @@ def train_mlp(train: Dataset, hidden: Sequence[int] = (128,), epochs: int = 60, 
     model, info = fit_classifier(lambda fit, classes: RateMLP(fit.features, hidden, classes, dropout),
                                  train, who="train_mlp", epochs=epochs, lr=lr, seed=seed, **options)
     info["hidden"] = tuple(int(h) for h in hidden)
+    return model, info
+
+
+def train_cnn(train: Dataset, channels: Sequence[int] = (16, 32), epochs: int = 30, lr: float = 3e-3,
+              seed: int = 0, **options: Any) -> tuple[RateCNN, dict[str, Any]]:
+    """Train a :class:`RateCNN` on image data (per-sample shape (H, W) or (C, H, W)) with
+    :func:`fit_classifier`. The info adds ``channels``."""
+    if len(train.shape) not in (2, 3):
+        raise DataError(f"train_cnn: expected images of shape (H, W) or (C, H, W), found {train.shape}")
+    model, info = fit_classifier(lambda fit, classes: RateCNN(fit.shape, channels, classes),
+                                 train, who="train_cnn", epochs=epochs, lr=lr, seed=seed, **options)
+    info["channels"] = tuple(int(c) for c in channels)
     return model, info
 
 

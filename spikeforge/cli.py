@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from spikeforge import data
     from spikeforge import models
 
-    out = check_output(args.output, ".onnx" if args.arch == "mlp" else ".sfg")
+    out = check_output(args.output, ".sfg" if args.arch == "recurrent" else ".onnx")
     calib_out = check_output(args.calib_out or out.parent / "calib.npz", ".npz")
     test_out = check_output(args.test_out or out.parent / "test.npz", ".npz")
     ds = data.load(args.data)
@@ -68,12 +68,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(splits, part).n < 1:
             raise SpikeforgeError(f"{args.data}: expected enough samples for train, calibration and test "
                                   f"splits (70/10/20%), found {ds.n} samples")
-    hidden = tuple(args.hidden)
+    hidden = tuple(args.hidden) if args.hidden else ((16, 32) if args.arch == "cnn" else (128,))
     t0 = time.perf_counter()
     extra = {"epochs": args.epochs} if args.epochs else {}
     if args.arch == "mlp":
         model, info = models.train_mlp(splits.train, hidden=hidden, seed=args.seed, **extra)
         models.export_onnx(model, out, splits.train.shape)
+        acc = models.evaluate_onnx(out, splits.test)
+    elif args.arch == "cnn":
+        if len(ds.shape) not in (2, 3):
+            raise SpikeforgeError(f"{args.data}: --arch cnn needs images (H, W) or (C, H, W), found "
+                                  f"samples of shape {ds.shape}")
+        model, info = models.train_cnn(splits.train, channels=hidden, seed=args.seed, **extra)
+        models.export_onnx(model, out, model.input_shape)  # (C, H, W): single-channel data gets C = 1
         acc = models.evaluate_onnx(out, splits.test)
     else:  # ONNX cannot express the one-step-delayed recurrence: a spikeforge ANN graph file
         model, info = models.train_recurrent(splits.train, hidden=hidden, iterations=args.iterations,
@@ -316,14 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a rate (clipped-ReLU) network and export it to ONNX")
-    t.add_argument("--arch", choices=("mlp", "recurrent"), default="mlp",
-                   help="mlp: feedforward, written as ONNX; recurrent: layer recurrence and feedback, "
+    t.add_argument("--arch", choices=("mlp", "cnn", "recurrent"), default="mlp",
+                   help="mlp: feedforward, written as ONNX; cnn: Conv-BN-ReLU-AvgPool-Conv-ReLU-Flatten-"
+                        "Linear, written as ONNX; recurrent: layer recurrence and feedback, "
                         "written as a spikeforge ANN graph (.sfg)")
     t.add_argument("--iterations", type=_positive, default=12,
                    help="recurrent: iterations K of the rate model (output averaged over them)")
     t.add_argument("--no-feedback", action="store_true", help="recurrent: no feedback from the next layer")
     t.add_argument("--data", default="digits", help="'digits' (embedded), a .npz with x and y, or an MNIST idx folder")
-    t.add_argument("--hidden", type=_positive, nargs="+", default=[128])
+    t.add_argument("--hidden", type=_positive, nargs="+", default=None,
+                   help="hidden widths (mlp, recurrent; default 128) or conv channels (cnn; default 16 32)")
     t.add_argument("--epochs", type=_positive, default=None)
     t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--calib-out", help="calibration split (default: calib.npz beside the model)")
