@@ -89,12 +89,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- convert ------------------------------------------------------------------------------------
-def _import_model(path: Path, dt: float = 1e-3) -> "ir.Graph":
+def _import_model(path: Path, dt: str | None = None) -> "ir.Graph":
     suffix = path.suffix.lower()
     if suffix == ".nir":
-        from spikeforge.converter.nir_io import load_nir
+        import warnings
 
-        return load_nir(path, dt)
+        from spikeforge.converter.nir_io import NIRImportWarning, load_nir
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NIRImportWarning)
+            graph = load_nir(path, dt)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        return graph
     if suffix == ".onnx":
         from spikeforge.converter.onnx_import import load_onnx
 
@@ -127,8 +134,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         calib_note = (f"reset by {args.reset}, normalization {args.normalize}"
                       f"{f' {args.percentile}' if args.normalize == 'percentile' else ''}, "
                       f"calibration {len(calib_x)} samples")
-    snn = convert(ann, calib_x, reset=args.reset, normalization=args.normalize, percentile=args.percentile,
-                  neuron=args.neuron, seed=args.seed).with_metadata(source=str(model))
+    if ann.is_fixed():  # a NIR file spikeforge wrote: its quantized graph, unchanged
+        snn, calib_note = ann.with_metadata(source=str(model)), "the quantized graph recorded in the file"
+    else:
+        snn = convert(ann, calib_x, reset=args.reset, normalization=args.normalize, percentile=args.percentile,
+                      neuron=args.neuron, seed=args.seed).with_metadata(source=str(model))
     resets = sorted({n.reset for n in snn.of_type(ir.FixedLIF)})
     reports = layer_reports(snn)
     graphio.save(out, snn=snn, ann=ann)
@@ -158,8 +168,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.dt > 0:
         raise SpikeforgeError(f"--dt: expected a step length > 0 seconds, found {args.dt}")
     snn, _ = _graphs(args.graph)
-    save_nir(snn, out, args.dt)
-    print(f"wrote {out} (NIR, one step = {args.dt} s)")
+    save_nir(snn, out, args.dt, args.target)
+    dt = 1e-4 if args.target == "snntorch" else args.dt
+    print(f"wrote {out} (NIR for {args.target}, one step = {dt} s, recorded in the file)")
     return 0
 
 
@@ -340,14 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--neuron", choices=("if", "stochastic"), default="if",
                    help="hidden neurons: integrate-and-fire, or stochastic (fire with probability clip(I, 0, 1))")
     c.add_argument("--seed", type=_seed, default=0, help="stochastic neurons' random streams")
-    c.add_argument("--dt", type=float, default=1e-3, help="NIR input: seconds per simulation step")
+    c.add_argument("--dt", default=None,
+                   help="NIR input without a recorded time step: seconds per step, or a producer's convention: "
+                        "snntorch (1e-4), norse (LIF dt**2 = 1e-6, IAF 1; norse:DT for another Norse dt), sinabs (1)")
     c.add_argument("--json", action="store_true")
     c.add_argument("-o", "--output", required=True)
     c.set_defaults(fn=cmd_convert)
 
     e = sub.add_parser("export", help="write a graph file's spiking network to NIR")
     e.add_argument("graph")
-    e.add_argument("--dt", type=float, default=1e-3, help="seconds per simulation step")
+    e.add_argument("--dt", type=float, default=1.0, help="seconds per simulation step (recorded in the file)")
+    e.add_argument("--target", choices=("nir", "snntorch"), default="nir",
+                   help="nir: IF as NIR's IF (Norse, Sinabs); snntorch: IF as LIF with beta = 1 at dt = 1e-4 s, "
+                        "which snnTorch's import_from_nir runs as IF")
     e.add_argument("-o", "--output", required=True)
     e.set_defaults(fn=cmd_export)
 
