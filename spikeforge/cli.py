@@ -28,7 +28,7 @@ def _load_data(spec: str, limit: int | None) -> "Dataset":
     if limit is not None:
         if limit < 1:
             raise SpikeforgeError(f"--limit: expected a positive number of samples, found {limit}")
-        ds = ds._replace(x=ds.x[:limit], y=ds.y[:limit])
+        ds = ds.head(limit)
     return ds
 
 
@@ -200,8 +200,17 @@ def _labels(ds: "Dataset", n_out: int, spec: str) -> np.ndarray:
 
 
 def _samples(snn: "ir.Graph", spec: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rates (n, features), or recorded spike trains (n, T, inputs), and labels."""
     ds = _load_data(spec, limit)
-    return _features(ds, snn.inputs[0].out_size, spec), _labels(ds, snn.output.out_size, spec)
+    x = _features(ds, snn.inputs[0].out_size, spec)
+    return (x if ds.spikes is None else ds.spikes), _labels(ds, snn.output.out_size, spec)
+
+
+def _timesteps(args: argparse.Namespace, x: np.ndarray) -> int:
+    """--timesteps, or for recorded spike trains their length when not given."""
+    if args.timesteps is None:
+        args.timesteps = x.shape[1] if x.ndim == 3 else 32
+    return args.timesteps
 
 
 def _ann_accuracy(ann: "ir.Graph | None", x: np.ndarray, y: np.ndarray) -> float | None:
@@ -218,9 +227,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     snn, ann = _graphs(args.graph)
     x, y = _samples(snn, args.data, args.limit)
     with _naming(args.graph):
-        sim = simulate(snn, args.backend, x, args.timesteps, args.encoding, args.seed)
+        sim = simulate(snn, args.backend, x, _timesteps(args, x), args.encoding, args.seed)
     acc = float((sim.predictions == y).mean())
-    ann_acc = _ann_accuracy(ann, x, y)
+    ann_acc = _ann_accuracy(ann, x if x.ndim == 2 else x.mean(axis=1), y)
     rates = {k: float(v.mean()) for k, v in sim.result.spikes.items()}
     if args.json:
         print(json.dumps({"backend": args.backend, "accuracy": acc, "ann_accuracy": ann_acc,
@@ -228,7 +237,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                           "encoding": args.encoding, "seconds": sim.seconds, "firing_rates": rates}))
         return 0
     print(f"{args.backend}: accuracy {100 * acc:.2f}% on {len(y)} samples, T={args.timesteps} "
-          f"({sim.steps} steps, {args.encoding} input), {sim.seconds:.2f} s ({len(y) / sim.seconds:.1f} samples/s)")
+          f"({sim.steps} steps, {args.encoding if x.ndim == 2 else 'recorded spike'} input), {sim.seconds:.2f} s ({len(y) / sim.seconds:.1f} samples/s)")
     if ann_acc is not None:
         print(f"ANN accuracy (source model): {100 * ann_acc:.2f}%  (difference {100 * (acc - ann_acc):+.2f} points)")
     print("firing rate per layer: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
@@ -244,7 +253,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     snn, _ = _graphs(args.graph)
     x, y = _samples(snn, args.data, args.limit)
     with _naming(args.graph):
-        sims, comps = verify(snn, names, x, args.timesteps, args.encoding, args.seed)
+        sims, comps = verify(snn, names, x, _timesteps(args, x), args.encoding, args.seed)
     ok = all(c.mismatched_spikes == 0 and c.mismatched_v_final == 0 for c in comps.values())
     if args.json:
         print(json.dumps({
@@ -278,6 +287,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if ann is None:
         raise SpikeforgeError(f"{args.graph}: no source ANN stored in the file (convert writes one)")
     x, y = _samples(snn, args.data, args.limit)
+    if x.ndim == 3:
+        raise SpikeforgeError(f"{args.data}: analyze takes rates x; recorded spike trains run with simulate and verify")
     out = Path(args.output)
     check_output(out / "analysis.png") if out.is_dir() else check_output(out)
     res = report(snn, ann, x, y, args.timesteps, out, encoding=args.encoding, seed=args.seed)
@@ -376,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--backends", default="cpu,lava,brian2")
         s.add_argument("--data", required=True)
-        s.add_argument("--timesteps", type=_positive, default=32)
+        s.add_argument("--timesteps", type=_positive, default=None,
+                       help="input steps T (default 32; for recorded spikes, their length)")
         s.add_argument("--limit", type=_positive, default=None)
         s.add_argument("--encoding", choices=("current", "rate"), default="current")
         s.add_argument("--seed", type=_seed, default=0)
