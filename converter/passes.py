@@ -187,7 +187,8 @@ class LayerReport(NamedTuple):
 
 
 def _ceil_log2(x: float) -> int:
-    return int(math.ceil(math.log2(x))) if x > 0 else 0
+    """ceil(log2 x), with x = 2**k (up to float rounding, e.g. 127 * 2040 / 255 / 8 / 127) giving k."""
+    return int(math.ceil(math.log2(x) - 1e-9)) if x > 0 else 0
 
 
 def _exp_for(m: float, vth: int) -> int:
