@@ -206,7 +206,7 @@ def _lif(name: str, n: Any, size: int, dt: StepLength, where: str, notes: list[s
     r = _per_neuron(n.r, size, where, name, "r")
     v_leak = _uniform(where, name, "v_leak / v_threshold", _per_neuron(n.v_leak, size, where, name, "v_leak") / theta, size)
     if math.isinf(tau):  # dv/dt = (r / tau) I; snnTorch's beta = 1 writes tau = r = inf: r / tau = 1 / dt
-        gain = np.where(np.isinf(r), 1.0, 0.0 * r)
+        gain = np.where(np.isinf(r), 1.0, 0.0)
         if np.isinf(r).any():
             notes.append(f"{where}: node '{name}' (LIF) tau = r = inf (snnTorch beta = 1): read as an IF neuron "
                          f"with one unit of input per step")
