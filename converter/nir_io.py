@@ -1,19 +1,36 @@
 """NIR (neuromorphs/NIR) import and export.
 
-Import: Input, Output, Affine, Linear, Flatten, IF, LIF -> spikeforge's float IR, with one
-time step = ``dt`` seconds (NIR's time is continuous; tau_steps = tau / dt). NIR keeps
-per-neuron parameters; Loihi 2 takes one threshold and one decay per layer, so per-neuron
-thresholds and gains r are folded into the incoming weights (exact for IF and LIF), while
-per-neuron time constants or resting potentials that differ are refused by name.
+**Import** (:func:`load_nir`): a NIR file or an in-memory ``nir.NIRGraph`` -> spikeforge's float
+IR. NIR's time is continuous, so one simulation step must be given a length in seconds: the
+``dt`` recorded in the graph's metadata when there is one, else ``dt`` (a number, or a producer's
+convention, :data:`CONVENTIONS`). Per step of ``dt`` seconds (forward Euler, as the producers):
 
-Export: a float IF/LIF graph or a quantized graph (dequantized to threshold units, inputs in
-[0, 1]) -> NIR. NIR has no reset by subtraction: such layers are refused by name rather than
-silently exported with another semantics (the drift NIR users complain about).
+    IF       v <- v + r dt I
+    LIF      v <- v + (dt / tau) (v_leak - v + r I)
+    CubaLIF  I <- I + (dt / tau_syn) (w_in x - I);  v <- v + (dt / tau_mem) (v_leak - v + r I)
+    LI       v <- v + (dt / tau) (v_leak - v + r I)   (no spikes: the readout only)
+
+spike where v > v_threshold, then v <- v_reset. Per-neuron thresholds and input gains are folded
+into the incoming weights (exact); time constants, v_leak / v_threshold and v_reset /
+v_threshold must be uniform per layer (Loihi 2 has one per layer). Scale and zero Delay nodes
+fold away, nested NIRGraph nodes (snnTorch's RLeaky) are inlined. A layer whose parameters clip
+when quantized, or that cannot reach its threshold, is named in a :class:`NIRImportWarning`.
+
+**Export** (:func:`save_nir`): a quantized graph -> NIR in state units (weights ``w 2**e << 6``,
+thresholds ``vth << 6``: integer-valued, so a consumer's float sums are exact; spikeforge's
+``floor(acc 2**e)`` for ``weight_exp < 0`` has no NIR equivalent and is where spikes can differ), IF as ``r = 1 / dt``; the whole quantized graph travels in the metadata,
+so spikeforge -> NIR -> spikeforge is the identical graph. ``target='snntorch'`` writes IF layers
+as snnTorch-loadable LIF (beta = 1 at snnTorch's hard-coded dt = 1e-4 s). NIR has no reset by
+subtraction: such layers are refused by name.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -21,152 +38,578 @@ from spikeforge import ir
 from spikeforge.errors import SpikeforgeError, UnsupportedError
 from spikeforge.fileio import atomic_path
 
-IMPORTED = ("Input", "Output", "Affine", "Linear", "Flatten", "IF", "LIF")
-
-
-def _uniform(path: Path, name: str, what: str, values: np.ndarray) -> float:
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    if v.size and not np.allclose(v, v[0], rtol=1e-6, atol=0):
-        raise UnsupportedError(
-            f"{path}: node '{name}' {what}: expected one value for the layer (Loihi 2 has one per "
-            f"layer), found {v.size} values in [{v.min():.4g}, {v.max():.4g}]"
-        )
-    return float(v[0]) if v.size else 0.0
-
-
-def load_nir(path: str | Path, dt: float = 1e-3) -> ir.Graph:
-    """Read a NIR file into a float IR graph; one simulation step is ``dt`` seconds."""
+if TYPE_CHECKING:
     import nir
 
-    path = Path(path)
+
+class NIRImportWarning(UserWarning):
+    """An imported layer whose parameters clip, or which cannot fire."""
+
+
+class StepLength(NamedTuple):
+    """Seconds per simulation step, for LIF-type time constants and for IF's r dt."""
+
+    lif: float
+    if_: float
+    name: str
+
+
+#: What the common producers' files need (none of them records its time step).
+CONVENTIONS: dict[str, StepLength] = {
+    "snntorch": StepLength(1e-4, 1e-4, "snntorch"),  # tau = dt / (1 - beta), r = tau / dt, dt = 1e-4
+    "norse": StepLength(1e-6, 1.0, "norse"),  # LIF tau = dt / tau_mem_inv (dt = 1e-3): dt**2; IAF per step
+    "sinabs": StepLength(1.0, 1.0, "sinabs"),  # IAF per step
+}
+DT_HINT = ("snnTorch files need --dt 1e-4 (or --dt snntorch); Norse's LIF (LIFBoxCell, LIFCell, LIBoxCell) "
+           "need Norse's dt squared, 1e-6 for its default dt = 1e-3, and its IAFCell 1: --dt norse (or norse:DT) "
+           "sets both; Norse's and Sinabs' IF alone need --dt 1")
+#: Node types the importer reads.
+IMPORTED = ("Input", "Output", "Affine", "Linear", "Scale", "Flatten", "Delay", "IF", "LIF", "CubaLIF", "LI",
+            "NIRGraph")
+PRODUCER = "spikeforge"
+
+
+def step_length(dt: float | str | StepLength | None) -> StepLength | None:
+    """``dt`` as given: seconds (one for all nodes), a producer's name, or 'norse:DT'."""
+    if dt is None or isinstance(dt, StepLength):
+        return dt
+    if isinstance(dt, str):
+        key, _, arg = dt.strip().lower().partition(":")
+        if key in CONVENTIONS and not arg:
+            return CONVENTIONS[key]
+        if key == "norse" and arg:
+            try:
+                d = float(arg)
+            except ValueError:
+                d = float("nan")
+            if d > 0:
+                return StepLength(d * d, 1.0, f"norse:{arg}")
+        try:
+            dt = float(dt)
+        except ValueError:
+            raise SpikeforgeError(f"dt: expected seconds per step or one of {', '.join(CONVENTIONS)}, norse:DT, "
+                                  f"found {dt!r}") from None
+    dt = float(dt)
+    if not (dt > 0 and math.isfinite(dt)):
+        raise SpikeforgeError(f"dt: expected a step length > 0 seconds, found {dt}")
+    return StepLength(dt, dt, str(dt))
+
+
+# -- import ----------------------------------------------------------------------------------
+def _read(source: "str | Path | nir.NIRGraph") -> tuple["nir.NIRGraph", str]:
+    import nir
+
+    if isinstance(source, nir.NIRGraph):
+        return source, "NIR graph"
+    path = Path(source)
     if not path.is_file():
         raise SpikeforgeError(f"{path}: no such file (expected a NIR graph)")
-    if not dt > 0:
-        raise SpikeforgeError(f"dt: expected a step length > 0 seconds, found {dt}")
     try:
-        g = nir.read(str(path))
+        return nir.read(str(path)), str(path)
     except Exception as exc:
         raise SpikeforgeError(f"{path}: not a readable NIR file ({type(exc).__name__}: {str(exc)[:160]})") from None
-    bad = [f"node '{k}' ({type(v).__name__})" for k, v in g.nodes.items() if type(v).__name__ not in IMPORTED]
-    if bad:
-        raise UnsupportedError(f"{path}: unsupported NIR nodes: {', '.join(bad)}; supported: {', '.join(IMPORTED)}")
 
-    # per-neuron gain folded into incoming weights: weight_scale[neuron node] (n,)
-    fold: dict[str, np.ndarray] = {}
-    nodes: dict[str, ir.Node] = {}
+
+def _inline(g: "nir.NIRGraph", where: str, prefix: str = "") -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Nodes and edges with nested NIRGraph nodes replaced by their contents (names 'sub.node')."""
+    nodes: dict[str, Any] = {}
+    edges: list[tuple[str, str]] = []
+    entry: dict[str, list[str]] = {}  # subgraph name -> nodes its Input feeds
+    exit_: dict[str, list[str]] = {}  # subgraph name -> nodes feeding its Output
     for name, n in g.nodes.items():
+        if type(n).__name__ == "NIRGraph":
+            sub_nodes, sub_edges = _inline(n, where, f"{prefix}{name}.")
+            ins = {k for k, v in sub_nodes.items() if type(v).__name__ == "Input"}
+            outs = {k for k, v in sub_nodes.items() if type(v).__name__ == "Output"}
+            if len(ins) != 1 or len(outs) != 1:
+                raise UnsupportedError(f"{where}: node '{prefix}{name}' (NIRGraph): expected one Input and one "
+                                       f"Output in a nested graph, found {len(ins)} and {len(outs)}")
+            entry[name] = [b for a, b in sub_edges if a in ins]
+            exit_[name] = [a for a, b in sub_edges if b in outs]
+            nodes.update({k: v for k, v in sub_nodes.items() if k not in ins | outs})
+            edges += [(a, b) for a, b in sub_edges if a not in ins and b not in outs]
+        else:
+            nodes[prefix + name] = n
+    for a, b in g.edges:
+        srcs = exit_.get(a, [prefix + a])
+        dsts = entry.get(b, [prefix + b])
+        edges += [(s, d) for s in srcs for d in dsts]
+    return nodes, edges
+
+
+def _uniform(where: str, name: str, what: str, values: Any, size: int) -> float:
+    v = np.broadcast_to(np.asarray(values, dtype=np.float64), (size,)) if np.size(values) in (1, size) else None
+    if v is None:
+        raise UnsupportedError(f"{where}: node '{name}' {what}: expected 1 or {size} values, found {np.size(values)}")
+    finite = v[np.isfinite(v)]
+    same = np.isinf(v).all() or (finite.size == v.size and np.allclose(v, v[0], rtol=1e-6, atol=1e-12))
+    if not same:
+        raise UnsupportedError(
+            f"{where}: node '{name}' {what}: expected one value for the layer (Loihi 2 has one per "
+            f"layer), found {v.size} values in [{v.min():.4g}, {v.max():.4g}]")
+    return float(v[0])
+
+
+def _per_neuron(values: Any, size: int, where: str, name: str, what: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.size not in (1, size):
+        raise UnsupportedError(f"{where}: node '{name}' {what}: expected 1 or {size} values, found {arr.size}")
+    return np.broadcast_to(arr, (size,)).copy()
+
+
+class _Neuron(NamedTuple):
+    node: ir.Node  # threshold 1: theta and the per-step input gain are folded into the weights
+    fold: np.ndarray  # per neuron: multiply incoming weights and biases by this
+
+
+def _if(name: str, n: Any, size: int, dt: StepLength, where: str, notes: list[str]) -> _Neuron:
+    theta = _threshold(n, size, where, name)
+    r = _per_neuron(n.r, size, where, name, "r")
+    if np.isinf(r).any():  # snnTorch's beta = 1 convention: r = tau / dt
+        notes.append(f"{where}: node '{name}' (IF) r: inf read as one unit of input per step")
+        r = np.where(np.isinf(r), 1.0 / dt.if_, r)
+    return _Neuron(_reset_node(name, n, size, theta, where, math.inf), r * dt.if_ / theta)
+
+
+def _threshold(n: Any, size: int, where: str, name: str) -> np.ndarray:
+    theta = _per_neuron(n.v_threshold, size, where, name, "v_threshold")
+    if not (np.isfinite(theta).all() and (theta > 0).all()):
+        raise UnsupportedError(f"{where}: node '{name}' v_threshold: expected finite values > 0, "
+                               f"found [{theta.min():.4g}, {theta.max():.4g}]")
+    return theta
+
+
+def _reset_node(name: str, n: Any, size: int, theta: np.ndarray, where: str, tau: float,
+                v_leak: float = 0.0, tau_syn: float = 1.0) -> ir.Node:
+    v_reset = getattr(n, "v_reset", None)
+    value = 0.0 if v_reset is None else _uniform(where, name, "v_reset / v_threshold",
+                                                 _per_neuron(v_reset, size, where, name, "v_reset") / theta, size)
+    reset = "zero" if value == 0 else "value"
+    if math.isinf(tau) and reset == "zero" and v_leak == 0 and tau_syn == 1:
+        return ir.IF(name, size, 1.0, "zero")
+    r = tau if math.isfinite(tau) else 1.0  # quantize's gain r / tau = 1: the gain is folded
+    return ir.LIF(name, size, tau=tau, v_leak=v_leak, v_reset=value, r=r, reset=reset, tau_syn=tau_syn)
+
+
+def _tau_steps(value: Any, size: int, dt: float, where: str, name: str, what: str) -> float:
+    tau = _uniform(where, name, what, value, size)
+    steps = tau / dt
+    if not steps >= 1:
+        raise UnsupportedError(f"{where}: node '{name}' {what}: {tau:.4g} s is shorter than one step "
+                               f"dt = {dt:.4g} s (is dt right? {DT_HINT})")
+    return steps
+
+
+def _lif(name: str, n: Any, size: int, dt: StepLength, where: str, notes: list[str]) -> _Neuron:
+    theta = _threshold(n, size, where, name)
+    tau = _tau_steps(n.tau, size, dt.lif, where, name, "tau")
+    r = _per_neuron(n.r, size, where, name, "r")
+    v_leak = _uniform(where, name, "v_leak / v_threshold", _per_neuron(n.v_leak, size, where, name, "v_leak") / theta, size)
+    if math.isinf(tau):  # dv/dt = (r / tau) I; snnTorch's beta = 1 writes tau = r = inf: r / tau = 1 / dt
+        gain = np.where(np.isinf(r), 1.0, 0.0)
+        if np.isinf(r).any():
+            notes.append(f"{where}: node '{name}' (LIF) tau = r = inf (snnTorch beta = 1): read as an IF neuron "
+                         f"with one unit of input per step")
+        v_leak = 0.0
+    else:
+        gain = r / tau
+    return _Neuron(_reset_node(name, n, size, theta, where, tau, v_leak), gain / theta)
+
+
+def _cuba_lif(name: str, n: Any, size: int, dt: StepLength, where: str, notes: list[str]) -> _Neuron:
+    theta = _threshold(n, size, where, name)
+    tau = _tau_steps(n.tau_mem, size, dt.lif, where, name, "tau_mem")
+    tau_syn = _tau_steps(n.tau_syn, size, dt.lif, where, name, "tau_syn")
+    r = _per_neuron(n.r, size, where, name, "r")
+    w_in = _per_neuron(getattr(n, "w_in", 1.0), size, where, name, "w_in")
+    v_leak = _uniform(where, name, "v_leak / v_threshold", _per_neuron(n.v_leak, size, where, name, "v_leak") / theta, size)
+    gain = w_in / tau_syn * (r / tau if math.isfinite(tau) else np.where(np.isinf(r), 1.0, 0.0))
+    return _Neuron(_reset_node(name, n, size, theta, where, tau, v_leak if math.isfinite(tau) else 0.0, tau_syn),
+                   gain / theta)
+
+
+def _li(name: str, n: Any, size: int, dt: StepLength, where: str, notes: list[str]) -> _Neuron:
+    tau = _tau_steps(n.tau, size, dt.lif, where, name, "tau")
+    r = _per_neuron(n.r, size, where, name, "r")
+    v_leak = _uniform(where, name, "v_leak", n.v_leak, size)
+    if v_leak != 0:
+        raise UnsupportedError(f"{where}: node '{name}' (LI) v_leak: expected 0 for a readout, found {v_leak:.4g}")
+    # a readout that never fires: the threshold is set after folding (see _li_threshold)
+    node = ir.LIF(name, size, tau=tau, r=tau if math.isfinite(tau) else 1.0, reset="zero")
+    return _Neuron(node, r / tau if math.isfinite(tau) else r * dt.lif)
+
+
+NEURON_IMPORTERS: dict[str, Callable[..., _Neuron]] = {"IF": _if, "LIF": _lif, "CubaLIF": _cuba_lif, "LI": _li}
+#: LI readouts: threshold = this many times the largest input a neuron can receive in one step.
+LI_HEADROOM = 256.0
+
+
+def _shape(types: Any) -> tuple[int, ...]:
+    arr = np.asarray(next(iter(types.values())) if types else [], dtype=np.int64).reshape(-1)
+    return tuple(int(d) for d in arr)
+
+
+def load_nir(source: "str | Path | nir.NIRGraph", dt: float | str | StepLength | None = None) -> ir.Graph:
+    """Read a NIR file (or graph) into a float IR graph, or, for a file spikeforge wrote, the
+    quantized graph it came from. One step is the ``dt`` in the file's metadata, else ``dt``
+    (seconds, or 'snntorch' / 'norse' / 'norse:DT' / 'sinabs'); neither is refused with the
+    producers' conventions (:data:`DT_HINT`)."""
+    g, where = _read(source)
+    meta = dict(getattr(g, "metadata", {}) or {})
+    if str(meta.get("producer", "")) == PRODUCER and "spikeforge.graph" in meta:
+        return _spikeforge_graph(meta, where)
+    step = step_length(dt)
+    recorded = meta.get("dt")
+    if recorded is not None:
+        rec = step_length(float(np.asarray(recorded).reshape(-1)[0]))
+        if step is not None and step != rec:
+            warnings.warn(f"{where}: the file records dt = {rec.lif} s; using the dt given, {step.name}",
+                          NIRImportWarning, stacklevel=2)
+        step = step or rec
+    if step is None:
+        raise SpikeforgeError(f"{where}: the file records no time step: give one with --dt. {DT_HINT}")
+    nodes_in, edges = _inline(g, where)
+    bad = [f"node '{k}' ({type(v).__name__})" for k, v in nodes_in.items() if type(v).__name__ not in IMPORTED]
+    if bad:
+        raise UnsupportedError(f"{where}: unsupported NIR nodes: {', '.join(bad)}; supported: {', '.join(IMPORTED)}")
+    nodes_in, edges = _fold_pass_through(nodes_in, edges, where)
+    graph, notes = _build(nodes_in, edges, step, where)
+    for note in notes + _quantization_notes(graph, where):
+        warnings.warn(note, NIRImportWarning, stacklevel=2)
+    return graph.with_metadata(source=where, dt=step.lif if step.lif == step.if_ else
+                               {"lif": step.lif, "if": step.if_}, nir_dt=step.name)
+
+
+def _fold_pass_through(nodes: dict[str, Any], edges: list[tuple[str, str]], where: str):
+    """Remove Scale (into the neighbouring affine map) and zero Delay nodes."""
+    import nir
+
+    nodes = dict(nodes)
+    for name, n in list(nodes.items()):
+        kind = type(n).__name__
+        if kind not in ("Scale", "Delay"):
+            continue
+        preds = [a for a, b in edges if b == name]
+        succs = [b for a, b in edges if a == name]
+        if kind == "Delay":
+            d = np.asarray(n.delay, np.float64)
+            if d.size and np.any(d != 0):
+                raise UnsupportedError(f"{where}: node '{name}' (Delay): a delay of {d.max():.4g} s cannot be "
+                                       f"expressed (every synapse has exactly one step of delay); only 0 folds away")
+        else:
+            s = np.asarray(n.scale, np.float64).reshape(-1)
+            ok = False
+            if len(preds) == 1 and type(nodes[preds[0]]).__name__ in ("Affine", "Linear") \
+                    and len([b for a, b in edges if a == preds[0]]) == 1:
+                p = nodes[preds[0]]
+                w = np.asarray(p.weight, np.float64)
+                b = np.asarray(getattr(p, "bias", np.zeros(w.shape[0])), np.float64)
+                nodes[preds[0]] = nir.Affine(w * s[:, None] if s.size > 1 else w * s, b * s)
+                ok = True
+            elif len(succs) == 1 and type(nodes[succs[0]]).__name__ in ("Affine", "Linear") \
+                    and len([a for a, b in edges if b == succs[0]]) == 1:
+                p = nodes[succs[0]]
+                w = np.asarray(p.weight, np.float64)
+                nodes[succs[0]] = nir.Affine(w * s[None, :] if s.size > 1 else w * s,
+                                             np.asarray(getattr(p, "bias", np.zeros(w.shape[0])), np.float64))
+                ok = True
+            if not ok:
+                raise UnsupportedError(f"{where}: node '{name}' (Scale): expected next to an Affine or Linear map "
+                                       f"it can fold into, found {preds} -> {succs}")
+        del nodes[name]
+        edges = [(a, b) for a, b in edges if name not in (a, b)] + [(a, b) for a in preds for b in succs]
+    return nodes, edges
+
+
+def _build(nodes_in: dict[str, Any], edges: list[tuple[str, str]], step: StepLength, where: str):
+    notes: list[str] = []
+    preds = {k: [a for a, b in edges if b == k] for k in nodes_in}
+    nodes: dict[str, ir.Node] = {}
+    sizes: dict[str, int] = {}
+
+    def size_of(name: str) -> int:
+        if name in sizes:
+            return sizes[name]
+        n = nodes_in[name]
+        kind = type(n).__name__
+        if kind in ("Affine", "Linear"):
+            s = int(np.asarray(n.weight).shape[0])
+        elif kind == "Input":
+            s = math.prod(_shape(n.input_type)) or 0
+        elif preds[name]:
+            sizes[name] = -1  # a cycle through neurons: size from another input
+            s = max(size_of(p) for p in preds[name])
+        else:
+            s = int(np.size(getattr(n, "v_threshold", getattr(n, "tau", 1))))
+        sizes[name] = s
+        return s
+
+    for name, n in nodes_in.items():
         kind = type(n).__name__
         if kind == "Input":
-            shape = tuple(int(d) for d in np.asarray(next(iter(n.input_type.values()))).reshape(-1))
-            nodes[name] = ir.Input(name, shape)
+            nodes[name] = ir.Input(name, _shape(n.input_type))
         elif kind == "Output":
-            shape = tuple(int(d) for d in np.asarray(next(iter(n.output_type.values()))).reshape(-1))
-            nodes[name] = ir.Output(name, shape)
+            shape = _shape(n.output_type)
+            nodes[name] = ir.Output(name, shape if math.prod(shape) == size_of(name) and shape else (size_of(name),))
         elif kind in ("Affine", "Linear"):
             w = np.asarray(n.weight, dtype=np.float64)
             if w.ndim != 2:
-                raise UnsupportedError(f"{path}: node '{name}' ({kind}): expected a 2-D weight, found {w.shape}")
-            b = np.asarray(n.bias, dtype=np.float64) if kind == "Affine" else np.zeros(w.shape[0])
+                raise UnsupportedError(f"{where}: node '{name}' ({kind}): expected a 2-D weight, found {w.shape}")
+            b = np.asarray(n.bias, dtype=np.float64) if kind == "Affine" and n.bias is not None else np.zeros(w.shape[0])
             nodes[name] = ir.Affine(name, w, np.broadcast_to(b, (w.shape[0],)))
         elif kind == "Flatten":
-            shape = tuple(int(d) for d in np.asarray(next(iter(n.input_type.values()))).reshape(-1))
-            nodes[name] = ir.Flatten(name, shape)
-        else:  # IF, LIF: v_threshold and r per neuron -> folded; threshold 1 after folding
-            theta = np.asarray(n.v_threshold, dtype=np.float64).reshape(-1)
-            r = np.asarray(n.r, dtype=np.float64).reshape(-1) * np.ones_like(theta)
-            if (theta <= 0).any():
-                raise UnsupportedError(f"{path}: node '{name}' v_threshold: expected > 0, found {theta.min():.4g}")
-            v_reset = np.zeros_like(theta) if n.v_reset is None else np.asarray(n.v_reset, np.float64).reshape(-1) * np.ones_like(theta)
-            size = theta.size
-            reset_value = _uniform(path, name, "v_reset / v_threshold", v_reset / theta)
-            reset = "zero" if reset_value == 0 else "value"
-            if kind == "IF":  # dv/dt = r I: v gains r dt I per step
-                fold[name] = r * dt / theta
-                nodes[name] = ir.LIF(name, size, tau=np.inf, v_reset=reset_value, reset=reset) if reset == "value" \
-                    else ir.IF(name, size, 1.0, "zero")
-            else:
-                tau = _uniform(path, name, "tau", np.asarray(n.tau, np.float64)) / dt
-                if tau < 1:
-                    raise UnsupportedError(
-                        f"{path}: node '{name}' tau: {tau * dt:.4g} s is shorter than one step dt = {dt:.4g} s"
-                    )
-                v_leak = _uniform(path, name, "v_leak / v_threshold", np.asarray(n.v_leak, np.float64).reshape(-1) / theta)
-                fold[name] = r / theta
-                nodes[name] = ir.LIF(name, size, tau=tau, v_leak=v_leak, v_reset=reset_value, reset=reset)
-    edges = [(a, b) for a, b in g.edges]
+            shape = _shape(n.input_type) if getattr(n, "input_type", None) else ()
+            nodes[name] = ir.Flatten(name, shape if shape and math.prod(shape) == size_of(name) else (size_of(name),))
+    folds: dict[str, np.ndarray] = {}
+    li: list[str] = []
+    for name, n in nodes_in.items():
+        kind = type(n).__name__
+        if kind in NEURON_IMPORTERS:
+            neuron = NEURON_IMPORTERS[kind](name, n, size_of(name), step, where, notes)
+            nodes[name] = neuron.node
+            folds[name] = neuron.fold
+            if kind == "LI":
+                li.append(name)
+    # neurons fed directly (by an Input, a neuron, a nested graph's Input): an identity map in between
+    new_edges: list[tuple[str, str]] = []
     for a, b in edges:
-        if b in fold and isinstance(nodes[a], ir.Affine):
+        if b in folds and not isinstance(nodes[a], ir.Affine):
+            ident = f"{a}->{b}"
+            nodes[ident] = ir.Affine(ident, np.eye(size_of(b)), np.zeros(size_of(b)))
+            new_edges += [(a, ident), (ident, b)]
+        else:
+            new_edges.append((a, b))
+    for a, b in new_edges:
+        if b in folds:
             aff = nodes[a]
-            nodes[a] = aff.replace(weight=aff.weight * fold[b][:, None], bias=aff.bias * fold[b])
+            nodes[a] = aff.replace(weight=aff.weight * folds[b][:, None], bias=aff.bias * folds[b])
+    for name in li:
+        if any(not isinstance(nodes[b], ir.Output) for a, b in new_edges if a == name):
+            raise UnsupportedError(f"{where}: node '{name}' (LI): supported as the readout (feeding the Output) only")
+        drive = sum(np.abs(nodes[a].weight).sum(axis=1) + np.abs(nodes[a].bias) for a, b in new_edges if b == name)
+        tau = nodes[name].tau
+        theta = float(np.max(drive, initial=0.0)) * (tau if math.isfinite(tau) else LI_HEADROOM) * 2 or 1.0
+        nodes[name] = nodes[name].replace(v_threshold=theta)
     try:
-        return ir.Graph(tuple(nodes.values()), tuple(edges), {"source": str(path), "dt": dt})
+        graph = ir.Graph(tuple(nodes.values()), tuple(new_edges), {})
     except SpikeforgeError as exc:
-        raise SpikeforgeError(f"{path}: {exc}") from None
+        raise SpikeforgeError(f"{where}: {exc}") from None
+    return graph, notes
 
 
-def save_nir(graph: ir.Graph, path: str | Path, dt: float = 1e-3) -> None:
-    """Write a float IF/LIF graph or a quantized graph to NIR (one step = ``dt`` seconds)."""
-    import nir
+def _quantization_notes(graph: ir.Graph, where: str) -> list[str]:
+    """Layers whose quantized parameters clip, or that cannot reach their threshold."""
+    from spikeforge.converter.passes import quantize
 
-    path = Path(path)
-    out: dict[str, object] = {}
+    notes = []
+    for node in graph.of_type(ir.LIF):
+        if math.isfinite(node.tau) and round(4096 / node.tau) == 0:
+            notes.append(f"{where}: node '{node.name}' tau: {node.tau:.4g} steps rounds to no leak (dv = 0): "
+                         f"it runs as IF (is dt right? {DT_HINT})")
+        if node.tau_syn > 1 and round(4096 / node.tau_syn) - 1 <= 0:
+            notes.append(f"{where}: node '{node.name}' tau_syn: {node.tau_syn:.4g} steps clips to du = 0")
+    try:
+        fixed = quantize(graph)
+    except SpikeforgeError:
+        return notes
+    reports = {r["layer"]: r for r in fixed.metadata.get("quantization", [])}
+    for node in fixed.of_type(ir.FixedLIF):
+        rep = reports.get(node.name, {})
+        if isinstance(graph.node(node.name), ir.LIF) and graph.node(node.name).v_threshold > 1:
+            continue  # an LI readout: it does not fire
+        if node.vth == ir.BITS["vth"].hi:
+            notes.append(f"{where}: node '{node.name}': its threshold is {1 / max(_max_weight(graph, node.name), 1e-300):.4g} "
+                         f"times its largest weight: vth clipped to {ir.BITS['vth'].hi} (is dt right? {DT_HINT})")
+        if rep.get("clipped_weights") or rep.get("saturated_biases"):
+            notes.append(f"{where}: node '{node.name}': {rep['clipped_weights']} weights and "
+                         f"{rep['saturated_biases']} biases clipped to their bit widths")
+        if not _can_fire(fixed, node):
+            notes.append(f"{where}: node '{node.name}': its largest possible input cannot reach its threshold: "
+                         f"the layer cannot fire (is dt right? {DT_HINT})")
+    return notes
+
+
+def _max_weight(graph: ir.Graph, layer: str) -> float:
+    return max((float(np.abs(graph.node(a).weight).max(initial=0)) for a in graph.predecessors(layer)), default=0.0)
+
+
+def _can_fire(graph: ir.Graph, node: ir.FixedLIF) -> bool:
+    """Upper bound of v (every excitatory input at its maximum every step) > vth << 6."""
+    drive = node.bias.astype(np.float64)
+    for a in graph.predecessors(node.name):
+        aff = graph.node(a)
+        src = graph.node(graph.source_through_flatten(graph.predecessors(a)[0]))
+        in_max = src.payload_max if isinstance(src, ir.Input) else 1
+        drive = drive + np.clip(aff.weight, 0, None).sum(axis=1) * in_max * 2.0**aff.weight_exp * 64
+    if node.du < 4095:
+        drive = drive * 4096 / (node.du + 1)
+    if node.dv == 0:
+        return bool((drive > 0).any())
+    return bool((node.v_rest + drive * 4096 / node.dv > node.vth_scaled).any())
+
+
+# -- export ----------------------------------------------------------------------------------
+TARGETS = ("nir", "snntorch")
+SNNTORCH_DT = 1e-4  # snnTorch's import_from_nir hard-codes dt = 1e-4 s
+IF_AS_LIF_STEPS = 2.0**30  # tau of an IF written as LIF: beta = 1 - 2**-30 == 1 in float32
+
+
+def _encode_spikeforge(graph: ir.Graph) -> dict[str, Any]:
+    from spikeforge import graphio
+
+    arrays: dict[str, np.ndarray] = {}
+    doc = graphio._encode_graph("snn", graph, arrays)
+    meta = {"spikeforge.graph": json.dumps(doc)}
+    for ref, arr in arrays.items():
+        meta["spikeforge.array." + ref.replace("/", ":")] = np.ascontiguousarray(arr)
+    return meta
+
+
+def _spikeforge_graph(meta: dict[str, Any], where: str) -> ir.Graph:
+    from spikeforge import graphio
+
+    doc = json.loads(str(meta["spikeforge.graph"]))
+    nodes = []
+    for nd in doc["nodes"]:
+        cls = graphio.NODE_TYPES.get(nd["type"])
+        if cls is None:
+            raise SpikeforgeError(f"{where}: spikeforge metadata: node '{nd['name']}' has unknown type {nd['type']!r}")
+        kwargs = dict(nd["fields"])
+        for fname, ref in nd["arrays"].items():
+            key = "spikeforge.array." + ref.replace("/", ":")
+            if key not in meta:
+                raise SpikeforgeError(f"{where}: spikeforge metadata: node '{nd['name']}' array {fname} is missing")
+            kwargs[fname] = np.asarray(meta[key])
+        for k, v in kwargs.items():
+            if isinstance(v, list) and "shape" in k:
+                kwargs[k] = tuple(v)
+        nodes.append(cls(name=nd["name"], **kwargs))
+    try:
+        return ir.Graph(tuple(nodes), tuple(tuple(e) for e in doc["edges"]), doc.get("metadata", {}))
+    except SpikeforgeError as exc:
+        raise SpikeforgeError(f"{where}: spikeforge metadata: {exc}") from None
+
+
+def _export_problems(graph: ir.Graph) -> list[str]:
     problems = []
-    lif_scale: dict[str, float] = {}  # FixedLIF: state units per threshold = vth << 6
     for node in graph.nodes:
         if isinstance(node, ir.FixedLIF):
-            lif_scale[node.name] = float(node.vth_scaled)
             if node.reset == "subtract":
-                problems.append(f"{node.where()}: reset by subtraction has no NIR equivalent")
-            if node.du != 4095 or node.leak or node.refractory:
-                problems.append(f"{node.where()}: du={node.du}, leak={node.leak}, refractory={node.refractory}: "
-                                f"only du=4095, leak=0, refractory=0 map to NIR's IF/LIF")
-        elif isinstance(node, ir.IF) and node.reset == "subtract":
-            problems.append(f"{node.where()}: reset by subtraction has no NIR equivalent")
+                problems.append(f"{node.where()}: reset by subtraction has no NIR equivalent "
+                                f"(convert with --reset zero)")
+            if node.leak or node.refractory:
+                problems.append(f"{node.where()}: leak={node.leak}, refractory={node.refractory}: "
+                                f"only leak=0, refractory=0 map to NIR's IF/LIF/CubaLIF")
+        elif isinstance(node, (ir.IF, ir.LIF)) and (node.reset == "subtract" or getattr(node, "refractory", 0)):
+            problems.append(f"{node.where()}: reset='{node.reset}', refractory={getattr(node, 'refractory', 0)} "
+                            f"have no NIR equivalent")
         elif isinstance(node, (ir.ReLU, ir.Stochastic, ir.FixedStochastic)):
             problems.append(f"{node.where()}: no NIR equivalent")
-        elif isinstance(node, ir.LIF) and (node.reset == "subtract" or node.refractory):
-            problems.append(f"{node.where()}: reset='{node.reset}', refractory={node.refractory} have no NIR equivalent")
+    return problems
+
+
+def to_nir(graph: ir.Graph, dt: float = 1.0, target: str = "nir") -> "nir.NIRGraph":
+    """The NIR graph :func:`save_nir` writes (see the module docstring)."""
+    import nir
+
+    if target not in TARGETS:
+        raise SpikeforgeError(f"target: expected one of {', '.join(TARGETS)}, found {target!r}")
+    if not (dt > 0 and math.isfinite(dt)):
+        raise SpikeforgeError(f"dt: expected a step length > 0 seconds, found {dt}")
+    if target == "snntorch":
+        dt = SNNTORCH_DT
+    problems = _export_problems(graph)
     if problems:
-        raise UnsupportedError(f"{path}: cannot export to NIR: " + "; ".join(problems))
+        raise UnsupportedError("cannot export to NIR: " + "; ".join(problems))
+    fixed = graph.is_fixed()
+    out: dict[str, Any] = {}
+    # per neuron layer: (its threshold and gain as written) -> factor on its incoming weights
+    weight_scale: dict[str, float] = {}
+    for node in graph.nodes:
+        if isinstance(node, ir.FixedLIF):
+            weight_scale[node.name] = 4096.0 / node.dv if node.dv else 1.0
+        elif isinstance(node, ir.LIF):
+            weight_scale[node.name] = (node.r if math.isfinite(node.tau) else node.r)
+    # a Flatten right after the Input of 1-D data is left out: consumers run it over the batch
+    skip = {n.name for n in graph.of_type(ir.Flatten)
+            if isinstance(graph.node(graph.predecessors(n.name)[0]), ir.Input)}
+    edges = []
+    for a, b in graph.edges:
+        if a in skip:
+            continue
+        if b in skip:
+            b = graph.successors(b)[0]
+        edges.append((a, b))
     payload = {n.name: n.payload_max for n in graph.inputs}
     for node in graph.nodes:
         name = node.name
+        ones = np.ones(getattr(node, "size", 1))
+        if name in skip:
+            continue
         if isinstance(node, ir.Input):
-            out[name] = nir.Input(input_type={"input": np.array(node.shape)})
+            shape = (node.in_size,) if any(graph.node(s).name in skip for s in graph.successors(name)) else node.shape
+            out[name] = nir.Input(input_type={"input": np.array(shape)})
         elif isinstance(node, ir.Output):
             out[name] = nir.Output(output_type={"output": np.array(node.shape)})
         elif isinstance(node, ir.Flatten):
             out[name] = nir.Flatten(input_type={"input": np.array(node.input_shape)}, start_dim=0)
-        elif isinstance(node, ir.Affine):
-            out[name] = nir.Affine(node.weight, node.bias)
-        elif isinstance(node, ir.FixedAffine):
+        elif isinstance(node, (ir.Affine, ir.FixedAffine)):
             (dst,) = graph.successors(name)
-            src = graph.source_through_flatten(graph.predecessors(name)[0])
-            in_scale = payload.get(src, 1)
-            # per step, the target's v gains (w 2**e << 6) / (vth << 6) thresholds per unit of input
-            w = node.weight * 2.0**node.weight_exp * 64.0 * in_scale / lif_scale[dst]
-            out[name] = nir.Affine(w, np.zeros(w.shape[0]))
-        elif isinstance(node, ir.FixedLIF):
-            n, scale = node.size, lif_scale[name]
-            ones = np.ones(n)
-            # the bias becomes a constant current: add it to the first incoming affine map
-            first = graph.predecessors(name)[0]
-            out[first] = nir.Affine(out[first].weight, out[first].bias + node.bias / scale)
-            v_reset = ones * (node.v_reset / scale if node.reset == "value" else 0.0)
-            if node.dv == 0:
-                out[name] = nir.IF(r=ones / dt, v_threshold=ones, v_reset=v_reset)
+            if isinstance(node, ir.FixedAffine):
+                src = graph.source_through_flatten(graph.predecessors(name)[0])
+                # state units per unit of source output: (w 2**e << 6), times the payload of a rate 1
+                w = node.weight * 2.0**node.weight_exp * 64.0 * payload.get(src, 1)
+                b = np.zeros(w.shape[0])
             else:
-                tau = 4096.0 / node.dv  # steps; NIR: tau dv/dt = (v_leak - v) + r I, so r = tau
-                out[name] = nir.LIF(tau=ones * tau * dt, r=ones * tau, v_leak=ones * node.v_rest / scale,
-                                    v_threshold=ones, v_reset=v_reset)
-        elif isinstance(node, ir.IF):
-            ones = np.ones(node.size)
-            out[name] = nir.IF(r=ones / dt, v_threshold=ones * node.v_threshold, v_reset=0 * ones)
-        elif isinstance(node, ir.LIF):
-            ones = np.ones(node.size)
-            out[name] = nir.LIF(tau=ones * node.tau * dt, r=ones * node.r, v_leak=ones * node.v_leak,
-                                v_threshold=ones * node.v_threshold,
-                                v_reset=ones * (node.v_reset if node.reset == "value" else 0.0))
-    nir_graph = nir.NIRGraph(nodes=out, edges=[list(e) for e in graph.edges], metadata={"dt": dt, "producer": "spikeforge"})
+                w, b = node.weight, node.bias
+            k = weight_scale.get(dst, 1.0)
+            out[name] = nir.Affine(w * k, b * k)
+        elif isinstance(node, ir.FixedLIF):
+            first = graph.predecessors(name)[0]
+            k = weight_scale[name]
+            tau_syn = 4096.0 / (node.du + 1) if node.du < 4095 else 1.0
+            # Lava adds the bias to v, not to u: through a current filter it is divided by its gain
+            out[first] = nir.Affine(out[first].weight, out[first].bias + node.bias * k / tau_syn)
+            theta = ones * float(node.vth_scaled)
+            v_reset = ones * (float(node.v_reset) if node.reset == "value" else 0.0)
+            tau = 4096.0 / node.dv if node.dv else math.inf
+            out[name] = _neuron(nir, ones, theta, v_reset, tau, float(node.v_rest),
+                                4096.0 / (node.du + 1) if node.du < 4095 else 1.0, dt, target)
+        elif isinstance(node, (ir.IF, ir.LIF)):
+            theta = ones * node.v_threshold
+            tau = getattr(node, "tau", math.inf)
+            v_reset = ones * (node.v_reset if getattr(node, "reset", "zero") == "value" else 0.0)
+            out[name] = _neuron(nir, ones, theta, v_reset, tau, getattr(node, "v_leak", 0.0),
+                                getattr(node, "tau_syn", 1.0), dt, target)
+    meta: dict[str, Any] = {"dt": float(dt), "producer": PRODUCER, "target": target}
+    if fixed:
+        meta.update(_encode_spikeforge(graph))
+    return nir.NIRGraph(nodes=out, edges=[list(e) for e in edges], metadata=meta)
+
+
+def _neuron(nir: Any, ones: np.ndarray, theta: np.ndarray, v_reset: np.ndarray, tau: float, v_leak: float,
+            tau_syn: float, dt: float, target: str) -> Any:
+    """One neuron layer, per step: v += (1 / tau)(v_leak - v) + I (the incoming weights carry tau)."""
+    if tau_syn > 1:  # CubaLIF: I += (1 / tau_syn)(w_in x - I) with w_in = tau_syn: a gain of one
+        tau_mem = tau if math.isfinite(tau) else IF_AS_LIF_STEPS
+        return nir.CubaLIF(tau_syn=ones * tau_syn * dt, tau_mem=ones * tau_mem * dt, r=ones * (1.0 if math.isfinite(tau) else tau_mem),
+                           v_leak=ones * v_leak, v_threshold=theta, v_reset=v_reset, w_in=ones * tau_syn)
+    if math.isfinite(tau):
+        return nir.LIF(tau=ones * tau * dt, r=ones, v_leak=ones * v_leak, v_threshold=theta, v_reset=v_reset)
+    if target == "snntorch":  # snnTorch reads IF as a leaky neuron (beta 0.9): write LIF with beta = 1
+        return nir.LIF(tau=ones * IF_AS_LIF_STEPS * dt, r=ones * IF_AS_LIF_STEPS, v_leak=0 * ones,
+                       v_threshold=theta, v_reset=v_reset)
+    return nir.IF(r=ones / dt, v_threshold=theta, v_reset=v_reset)
+
+
+def save_nir(graph: ir.Graph, path: str | Path, dt: float = 1.0, target: str = "nir") -> None:
+    """Write a quantized (or float IF/LIF) graph to NIR; one step = ``dt`` seconds."""
+    import nir
+
+    path = Path(path)
+    try:
+        nir_graph = to_nir(graph, dt, target)
+    except SpikeforgeError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
     with atomic_path(path) as tmp:
         nir.write(str(tmp), nir_graph)

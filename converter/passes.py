@@ -187,7 +187,8 @@ class LayerReport(NamedTuple):
 
 
 def _ceil_log2(x: float) -> int:
-    return int(math.ceil(math.log2(x))) if x > 0 else 0
+    """ceil(log2 x), with x = 2**k (up to float rounding, e.g. 127 * 2040 / 255 / 8 / 127) giving k."""
+    return int(math.ceil(math.log2(x) - 1e-9)) if x > 0 else 0
 
 
 def _exp_for(m: float, vth: int) -> int:
@@ -303,7 +304,9 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
                 return int(np.clip(round(value / theta * vth * 64), state.lo, state.hi))
 
             dv = int(min(max(round(4096 / node.tau), 0), ir.BITS["dv"].hi)) if np.isfinite(node.tau) else 0
-            new[name] = ir.FixedLIF(name, node.size, vth=vth, du=4095, dv=dv, bias_mant=mant,
+            # current decay (4095 - du) / 4096 = 1 - 1 / tau_syn
+            du = int(min(max(round(4096 / node.tau_syn) - 1, 0), ir.BITS["du"].hi))
+            new[name] = ir.FixedLIF(name, node.size, vth=vth, du=du, dv=dv, bias_mant=mant,
                                     bias_exp=bias_exp, reset=node.reset, v_rest=to_state(node.v_leak),
                                     v_reset=to_state(node.v_reset), refractory=int(node.refractory),
                                     shape=node.shape)

@@ -28,7 +28,7 @@ def _load_data(spec: str, limit: int | None, labels: bool = True) -> "Dataset":
     if limit is not None:
         if limit < 1:
             raise SpikeforgeError(f"--limit: expected a positive number of samples, found {limit}")
-        ds = ds._replace(x=ds.x[:limit], y=ds.y[:limit])
+        ds = ds.head(limit)
     return ds
 
 
@@ -96,12 +96,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- convert ------------------------------------------------------------------------------------
-def _import_model(path: Path, dt: float = 1e-3) -> "ir.Graph":
+def _import_model(path: Path, dt: str | None = None) -> "ir.Graph":
     suffix = path.suffix.lower()
     if suffix == ".nir":
-        from spikeforge.converter.nir_io import load_nir
+        import warnings
 
-        return load_nir(path, dt)
+        from spikeforge.converter.nir_io import NIRImportWarning, load_nir
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NIRImportWarning)
+            graph = load_nir(path, dt)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        return graph
     if suffix == ".onnx":
         from spikeforge.converter.onnx_import import load_onnx
 
@@ -134,8 +141,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         calib_note = (f"reset by {args.reset}, normalization {args.normalize}"
                       f"{f' {args.percentile}' if args.normalize == 'percentile' else ''}, "
                       f"calibration {len(calib_x)} samples")
-    snn = convert(ann, calib_x, reset=args.reset, normalization=args.normalize, percentile=args.percentile,
-                  neuron=args.neuron, seed=args.seed).with_metadata(source=str(model))
+    if ann.is_fixed():  # a NIR file spikeforge wrote: its quantized graph, unchanged
+        snn, calib_note = ann.with_metadata(source=str(model)), "the quantized graph recorded in the file"
+    else:
+        snn = convert(ann, calib_x, reset=args.reset, normalization=args.normalize, percentile=args.percentile,
+                      neuron=args.neuron, seed=args.seed).with_metadata(source=str(model))
     resets = sorted({n.reset for n in snn.of_type(ir.FixedLIF)})
     reports = layer_reports(snn)
     graphio.save(out, snn=snn, ann=ann)
@@ -165,8 +175,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.dt > 0:
         raise SpikeforgeError(f"--dt: expected a step length > 0 seconds, found {args.dt}")
     snn, _ = _graphs(args.graph)
-    save_nir(snn, out, args.dt)
-    print(f"wrote {out} (NIR, one step = {args.dt} s)")
+    save_nir(snn, out, args.dt, args.target)
+    dt = 1e-4 if args.target == "snntorch" else args.dt
+    print(f"wrote {out} (NIR for {args.target}, one step = {dt} s, recorded in the file)")
     return 0
 
 
@@ -196,8 +207,17 @@ def _labels(ds: "Dataset", n_out: int, spec: str) -> np.ndarray:
 
 
 def _samples(snn: "ir.Graph", spec: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rates (n, features), or recorded spike trains (n, T, inputs), and labels."""
     ds = _load_data(spec, limit)
-    return _features(ds, snn.inputs[0].out_size, spec), _labels(ds, snn.output.out_size, spec)
+    x = _features(ds, snn.inputs[0].out_size, spec)
+    return (x if ds.spikes is None else ds.spikes), _labels(ds, snn.output.out_size, spec)
+
+
+def _timesteps(args: argparse.Namespace, x: np.ndarray) -> int:
+    """--timesteps, or for recorded spike trains their length when not given."""
+    if args.timesteps is None:
+        args.timesteps = x.shape[1] if x.ndim == 3 else 32
+    return args.timesteps
 
 
 def _ann_accuracy(ann: "ir.Graph | None", x: np.ndarray, y: np.ndarray) -> float | None:
@@ -214,9 +234,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     snn, ann = _graphs(args.graph)
     x, y = _samples(snn, args.data, args.limit)
     with _naming(args.graph):
-        sim = simulate(snn, args.backend, x, args.timesteps, args.encoding, args.seed)
+        sim = simulate(snn, args.backend, x, _timesteps(args, x), args.encoding, args.seed)
     acc = float((sim.predictions == y).mean())
-    ann_acc = _ann_accuracy(ann, x, y)
+    ann_acc = _ann_accuracy(ann, x if x.ndim == 2 else x.mean(axis=1), y)
     rates = {k: float(v.mean()) for k, v in sim.result.spikes.items()}
     if args.json:
         print(json.dumps({"backend": args.backend, "accuracy": acc, "ann_accuracy": ann_acc,
@@ -224,7 +244,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                           "encoding": args.encoding, "seconds": sim.seconds, "firing_rates": rates}))
         return 0
     print(f"{args.backend}: accuracy {100 * acc:.2f}% on {len(y)} samples, T={args.timesteps} "
-          f"({sim.steps} steps, {args.encoding} input), {sim.seconds:.2f} s ({len(y) / sim.seconds:.1f} samples/s)")
+          f"({sim.steps} steps, {args.encoding if x.ndim == 2 else 'recorded spike'} input), {sim.seconds:.2f} s ({len(y) / sim.seconds:.1f} samples/s)")
     if ann_acc is not None:
         print(f"ANN accuracy (source model): {100 * ann_acc:.2f}%  (difference {100 * (acc - ann_acc):+.2f} points)")
     print("firing rate per layer: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
@@ -240,7 +260,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     snn, _ = _graphs(args.graph)
     x, y = _samples(snn, args.data, args.limit)
     with _naming(args.graph):
-        sims, comps = verify(snn, names, x, args.timesteps, args.encoding, args.seed)
+        sims, comps = verify(snn, names, x, _timesteps(args, x), args.encoding, args.seed)
     ok = all(c.mismatched_spikes == 0 and c.mismatched_v_final == 0 for c in comps.values())
     if args.json:
         print(json.dumps({
@@ -274,6 +294,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if ann is None:
         raise SpikeforgeError(f"{args.graph}: no source ANN stored in the file (convert writes one)")
     x, y = _samples(snn, args.data, args.limit)
+    if x.ndim == 3:
+        raise SpikeforgeError(f"{args.data}: analyze takes rates x; recorded spike trains run with simulate and verify")
     out = Path(args.output)
     check_output(out / "analysis.png") if out.is_dir() else check_output(out)
     res = report(snn, ann, x, y, args.timesteps, out, encoding=args.encoding, seed=args.seed)
@@ -349,14 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--neuron", choices=("if", "stochastic"), default="if",
                    help="hidden neurons: integrate-and-fire, or stochastic (fire with probability clip(I, 0, 1))")
     c.add_argument("--seed", type=_seed, default=0, help="stochastic neurons' random streams")
-    c.add_argument("--dt", type=float, default=1e-3, help="NIR input: seconds per simulation step")
+    c.add_argument("--dt", default=None,
+                   help="NIR input without a recorded time step: seconds per step, or a producer's convention: "
+                        "snntorch (1e-4), norse (LIF dt**2 = 1e-6, IAF 1; norse:DT for another Norse dt), sinabs (1)")
     c.add_argument("--json", action="store_true")
     c.add_argument("-o", "--output", required=True)
     c.set_defaults(fn=cmd_convert)
 
     e = sub.add_parser("export", help="write a graph file's spiking network to NIR")
     e.add_argument("graph")
-    e.add_argument("--dt", type=float, default=1e-3, help="seconds per simulation step")
+    e.add_argument("--dt", type=float, default=1.0, help="seconds per simulation step (recorded in the file)")
+    e.add_argument("--target", choices=("nir", "snntorch"), default="nir",
+                   help="nir: IF as NIR's IF (Norse, Sinabs); snntorch: IF as LIF with beta = 1 at dt = 1e-4 s, "
+                        "which snnTorch's import_from_nir runs as IF")
     e.add_argument("-o", "--output", required=True)
     e.set_defaults(fn=cmd_export)
 
@@ -369,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--backends", default="cpu,lava,brian2")
         s.add_argument("--data", required=True)
-        s.add_argument("--timesteps", type=_positive, default=32)
+        s.add_argument("--timesteps", type=_positive, default=None,
+                       help="input steps T (default 32; for recorded spikes, their length)")
         s.add_argument("--limit", type=_positive, default=None)
         s.add_argument("--encoding", choices=("current", "rate"), default="current")
         s.add_argument("--seed", type=_seed, default=0)

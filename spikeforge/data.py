@@ -26,12 +26,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 class Dataset(NamedTuple):
-    """Samples ``x`` float32 (n, features) in [0, 1], labels ``y`` int64 (n,), per-sample ``shape``."""
+    """Samples ``x`` float32 (n, features) in [0, 1], labels ``y`` int64 (n,), per-sample ``shape``.
+
+    A recorded spike-train set also has ``spikes``, bool (n, T, features); ``x`` is then each
+    input's firing rate over the T steps."""
 
     x: np.ndarray
     y: np.ndarray
     shape: tuple[int, ...]
     name: str
+    spikes: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -51,7 +55,17 @@ class Dataset(NamedTuple):
     def subset(self, index: np.ndarray, name: str | None = None) -> "Dataset":
         """The samples at ``index`` (copied), same shape."""
         index = np.asarray(index, dtype=np.int64)
-        return Dataset(self.x[index].copy(), self.y[index].copy(), self.shape, name or self.name)
+        spikes = None if self.spikes is None else self.spikes[index].copy()
+        return Dataset(self.x[index].copy(), self.y[index].copy(), self.shape, name or self.name, spikes)
+
+    def head(self, n: int) -> "Dataset":
+        """The first ``n`` samples."""
+        return self.subset(np.arange(min(n, self.n)))
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """What a network runs: the spike trains (n, T, features) when recorded, else the rates x."""
+        return self.x if self.spikes is None else self.spikes
 
     def images(self) -> np.ndarray:
         """x reshaped to (n, *shape)."""
@@ -124,9 +138,24 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: expected a file, found a directory or special file")
 
 
+def make_spike_dataset(spikes: np.ndarray, y: np.ndarray, name: str, where: str | None = None) -> Dataset:
+    """Recorded binary input spikes (samples, T, inputs) and labels (samples,)."""
+    where = where or name
+    s = np.asarray(spikes)
+    if s.ndim != 3 or 0 in s.shape:
+        raise DataError(f"{where}: expected spikes of shape (samples, T, inputs), found shape {s.shape}")
+    if s.dtype.kind not in "biuf" or not np.isin(s, (0, 1)).all():
+        raise DataError(f"{where}: expected binary spikes (0 or 1), found "
+                        f"{'dtype ' + str(s.dtype) if s.dtype.kind not in 'biuf' else 'other values'}")
+    spikes_b = np.ascontiguousarray(s.astype(bool))
+    ds = make_dataset(spikes_b.mean(axis=1).astype(np.float32), y, name, where)
+    return ds._replace(spikes=spikes_b)
+
+
 def load_npz(path: PathLike, labels: bool = True) -> Dataset:
-    """An .npz with arrays ``x`` (n, ...) floats in [0, 1] or uint8 0..255 and ``y`` (n,) int labels
-    (``labels=False``: ``y`` may be absent, e.g. calibration data; it is then all zeros)."""
+    """An .npz with arrays ``x`` (n, ...) floats in [0, 1] or uint8 0..255 and ``y`` (n,) int labels,
+    or with recorded binary input ``spikes`` (n, T, inputs) and ``y`` (``labels=False``: ``y``
+    may be absent from an ``x`` file, e.g. calibration data; it is then all zeros)."""
     path = Path(path)
     _check_file(path)
     if not zipfile.is_zipfile(path):
@@ -134,6 +163,8 @@ def load_npz(path: PathLike, labels: bool = True) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.files)
+            if "spikes" in keys and "y" in keys:
+                return make_spike_dataset(archive["spikes"], archive["y"], path.stem, str(path))
             for key in ("x", "y") if labels else ("x",):
                 if key not in keys:
                     raise DataError(f"{path}: expected arrays 'x' and 'y', missing '{key}' (found {keys})")

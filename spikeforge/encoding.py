@@ -4,7 +4,8 @@ Two codes, both sent as graded spikes into the first synapses (Lava's Dense with
 ``num_message_bits = payload_bits``):
 
 * ``current`` (constant current): payload = round(x * (2**b - 1)) on every input step;
-* ``rate`` (Bernoulli/Poisson rate code): payload = (2**b - 1) * Bernoulli(x), seeded.
+* ``rate`` (Bernoulli/Poisson rate code): payload = (2**b - 1) * Bernoulli(x), seeded;
+* recorded spike trains (:func:`encode_spikes`): payload = (2**b - 1) * spike, as given.
 
 The input runs for T steps and is zero for the ``depth`` steps after, so that every layer,
 the readout included, integrates exactly T steps of its input (docs/semantics.md).
@@ -20,6 +21,21 @@ from spikeforge.errors import DataError
 
 Encoding = Literal["current", "rate"]
 ENCODINGS = ("current", "rate")
+
+
+def encode_spikes(spikes: np.ndarray, timesteps: int, depth: int, payload_max: int) -> np.ndarray:
+    """Recorded binary spikes (batch, T, n) -> payloads (batch, timesteps + depth, n), int32: a spike
+    is the payload of rate 1 (as the rate code's), its first ``timesteps`` <= T steps."""
+    s = np.asarray(spikes)
+    if s.ndim != 3:
+        raise DataError(f"input spikes: expected a (samples, T, inputs) array, found shape {s.shape}")
+    if not 1 <= timesteps <= s.shape[1]:
+        raise DataError(f"timesteps: expected 1..{s.shape[1]} (the recorded steps), found {timesteps}")
+    if s.size and not np.isin(s, (0, 1)).all():
+        raise DataError("input spikes: expected binary values (0 or 1), found others")
+    out = np.zeros((s.shape[0], timesteps + depth, s.shape[2]), np.int32)
+    out[:, :timesteps] = s[:, :timesteps].astype(np.int32) * payload_max
+    return out
 
 
 def encode(x: np.ndarray, timesteps: int, depth: int, payload_max: int,

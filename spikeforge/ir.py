@@ -498,6 +498,8 @@ class LIF(Population):
         ('subtract'); ``refractory`` steps after a spike hold v and allow no spike.
 
     ``tau`` >= 1 in steps (tau = 1 has no memory); tau = inf is an IF neuron: v_t = v_{t-1} + r I_t.
+    ``tau_syn`` >= 1 steps (NIR's CubaLIF): the input passes a current I_t = (1 - 1/tau_syn) I_{t-1}
+    + input_t first (FixedLIF's du); tau_syn = 1 is no current memory.
     """
 
     tau: float
@@ -507,11 +509,14 @@ class LIF(Population):
     r: float = 1.0
     reset: str = "subtract"
     refractory: int = 0
+    tau_syn: float = 1.0
 
     def validate(self) -> None:
         super().validate()
         if self.reset not in FIXED_RESETS:
             raise GraphError(f"{self.where()}: reset must be one of {FIXED_RESETS}, found {self.reset!r}")
+        if not self.tau_syn >= 1:
+            raise GraphError(f"{self.where()} tau_syn: expected >= 1 step, found {self.tau_syn}")
         if not self.tau >= 1:
             raise GraphError(f"{self.where()} tau: expected >= 1 step, found {self.tau}")
         if not self.v_threshold > 0:

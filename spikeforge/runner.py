@@ -9,7 +9,7 @@ import numpy as np
 
 from spikeforge import ir
 from spikeforge.backends import RunResult, get_backend
-from spikeforge.encoding import Encoding, encode
+from spikeforge.encoding import Encoding, encode, encode_spikes
 from spikeforge.errors import DataError, SpikeforgeError
 from spikeforge.network import Network, lower
 
@@ -32,8 +32,20 @@ def payloads_for(graph: ir.Graph, x: np.ndarray, timesteps: int, encoding: Encod
     return _payloads(lower(graph), x, timesteps, encoding, seed)
 
 
+def _as_samples(x: np.ndarray) -> np.ndarray:
+    """Rates (samples, features...) flattened to (samples, features); spike trains (3-D bool) kept."""
+    x = np.asarray(x)
+    if x.ndim == 3 and x.dtype == bool:
+        return x
+    return np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+
+
 def _payloads(net: Network, x: np.ndarray, timesteps: int, encoding: Encoding, seed: int) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    x = _as_samples(x)
+    if x.ndim == 3:  # recorded spike trains, run as binary input spikes
+        if x.shape[2] != net.input.size:
+            raise DataError(f"data: expected {net.input.size} inputs per step, found {x.shape[2]}")
+        return encode_spikes(x, timesteps, net.depth, net.input.payload_max)
     if x.shape[1] != net.input.size:
         raise DataError(f"data: expected {net.input.size} features per sample, found {x.shape[1]}")
     return encode(x, timesteps, net.depth, net.input.payload_max, encoding, seed)
@@ -46,11 +58,12 @@ CHUNK_VALUES = 2**25
 def simulate(graph: ir.Graph, backend: str, x: np.ndarray, timesteps: int,
              encoding: Encoding = "current", seed: int = 0, **options: Any) -> Simulation:
     """Encode x, compile the graph on ``backend`` once, run all samples (in chunks of at most
-    CHUNK_VALUES payload values; the spikes do not depend on the chunking)."""
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    CHUNK_VALUES payload values; the spikes do not depend on the chunking). ``x``: rates
+    (samples, features), or recorded spike trains, bool (samples, T, inputs)."""
+    x = _as_samples(x)
     net = lower(graph)
     steps = net.steps(timesteps)
-    per_chunk = max(1, CHUNK_VALUES // max(1, steps * x.shape[1]))
+    per_chunk = max(1, CHUNK_VALUES // max(1, steps * x.shape[-1]))
     be = get_backend(backend, **options)
     t0 = time.perf_counter()
     program = be.compile(graph)

@@ -1,0 +1,227 @@
+"""NIR files written by the real producers (snnTorch 1.0, Norse 1.1), run against their own
+simulation of the same recorded input spikes; spikeforge's export run in Norse and snnTorch."""
+
+from __future__ import annotations
+
+import warnings
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+from spikeforge import ir
+from spikeforge.converter.nir_io import load_nir, save_nir
+from spikeforge.converter.passes import convert
+from spikeforge.network import lower
+from spikeforge.runner import simulate
+
+N, T, N_IN = 60, 40, 12
+
+
+def _spikes(seed: int = 0, rate: float = 0.3) -> np.ndarray:
+    return np.random.default_rng(seed).random((N, T, N_IN)) < rate
+
+
+def _int_weights(rng, n_out: int, n_in: int, scale: float) -> torch.Tensor:
+    """Integers in [-40, 127] (one is 127, so the 8-bit quantization is exact), times ``scale``."""
+    k = rng.integers(-40, 128, size=(n_out, n_in))
+    k[0, 0] = 127
+    return torch.tensor(k * scale, dtype=torch.float32)
+
+
+def _record(modules: dict, run) -> dict[str, np.ndarray]:
+    """Each module's output spikes per step: (samples, steps, neurons) bool."""
+    rec = {k: [] for k in modules}
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: rec[k].append(
+        (o[0] if isinstance(o, tuple) else o).detach().numpy().copy())) for k, m in modules.items()]
+    with torch.no_grad():
+        run()
+    for h in hooks:
+        h.remove()
+    return {k: np.stack(v, 1) > 0 for k, v in rec.items()}
+
+
+def _ours(graph_nir, dt, spikes) -> dict[str, np.ndarray]:
+    """spikeforge's cpu spikes per layer, shifted by each layer's synaptic delay to the producer's steps."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no clipping or silent layers on a correct dt
+        g = load_nir(graph_nir, dt)
+    q = convert(g, np.zeros((0, N_IN)), payload_bits=1)  # binary spikes: payload 1
+    sim = simulate(q, "cpu", spikes, T)
+    return {l.name: sim.result.spikes[l.name][:, d:d + T] for d, l in enumerate(lower(q).layers, start=1)}
+
+
+def _measure(ours: dict, theirs: dict, pairs) -> list[tuple[str, float, float]]:
+    out = []
+    for a, b in pairs:
+        same = float((ours[a] == theirs[b]).mean())
+        corr = float(np.corrcoef(ours[a].sum(1).ravel(), theirs[b].sum(1).ravel())[0, 1])
+        out.append((a, same, corr))
+        print(f"layer {a}: identical spikes {same:.5f}, spike-count correlation {corr:.4f}, "
+              f"spikes {int(ours[a].sum())} / producer {int(theirs[b].sum())}")
+    return out
+
+
+def _snntorch_net(exact: bool, seed: int = 0):
+    import snntorch as snn
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    fc1, fc2 = torch.nn.Linear(N_IN, 10), torch.nn.Linear(10, 4)
+    if exact:
+        with torch.no_grad():
+            fc1.weight[:], fc2.weight[:] = _int_weights(rng, 10, N_IN, 1 / 8), _int_weights(rng, 4, 10, 1 / 8)
+            fc1.bias.zero_()
+            fc2.bias.zero_()
+    else:
+        with torch.no_grad():
+            fc1.weight.mul_(3)
+            fc2.weight.mul_(3)
+    # snnTorch's export under nir 1.0.8 needs per-neuron beta and threshold
+    return torch.nn.Sequential(
+        fc1, snn.Leaky(beta=torch.full((10,), 0.875), threshold=torch.ones(10), init_hidden=True, reset_mechanism="zero"),
+        fc2, snn.Leaky(beta=torch.full((4,), 0.875), threshold=torch.ones(4), init_hidden=True, reset_mechanism="zero",
+                       output=True))
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_snntorch_leaky_file_runs_as_in_snntorch(tmp_path, exact):
+    from snntorch import utils
+    from snntorch.export_nir import export_to_nir
+
+    net = _snntorch_net(exact)
+    nir.write(str(tmp_path / "snntorch.nir"), export_to_nir(net, torch.zeros(N_IN)))
+    spikes = _spikes()
+    utils.reset(net)
+    x = torch.tensor(spikes, dtype=torch.float32)
+    theirs = _record({"1": net[1], "3": net[3]}, lambda: [net(x[:, t]) for t in range(T)])
+    with pytest.raises(Exception, match=r"snntorch.nir: the file records no time step: give one with --dt\. "
+                                        r"snnTorch files need --dt 1e-4"):
+        load_nir(tmp_path / "snntorch.nir")
+    res = _measure(_ours(tmp_path / "snntorch.nir", "snntorch", spikes), theirs, [("1", "1"), ("3", "3")])
+    for _, same, corr in res:
+        assert same == 1.0 if exact else corr >= 0.99
+
+
+def _norse_net(exact: bool, seed: int = 0):
+    """Linear -> LIFBoxCell -> Linear -> IAFCell: a net mixing LIF and IF."""
+    from norse.torch import IAFCell, IAFParameters, LIFBoxCell, LIFBoxParameters, SequentialState
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    fc1, fc2 = torch.nn.Linear(N_IN, 10), torch.nn.Linear(10, 4)
+    with torch.no_grad():
+        if exact:
+            fc1.weight[:], fc2.weight[:] = _int_weights(rng, 10, N_IN, 1.0), _int_weights(rng, 4, 10, 1.0)
+        else:
+            fc1.weight.mul_(60).add_(6)
+            fc2.weight.mul_(20).add_(2)
+        fc1.bias.zero_()
+        fc2.bias.zero_()
+    # dt tau_mem_inv = 1/8 (Norse's dt = 1e-3): v <- v + (v_leak - v + i) / 8
+    lif = LIFBoxCell(LIFBoxParameters(tau_mem_inv=torch.full((10,), 125.0), v_th=torch.full((10,), 8.0),
+                                      v_leak=torch.zeros(10)))
+    iaf = IAFCell(IAFParameters(v_th=torch.full((4,), 8.0)))
+    return SequentialState(fc1, lif, fc2, iaf)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_norse_lifbox_iaf_file_runs_as_in_norse(tmp_path, exact):
+    import norse.torch as norse
+
+    net = _norse_net(exact)
+    nir.write(str(tmp_path / "norse.nir"), norse.to_nir(net, torch.zeros(N_IN)))
+    spikes = _spikes()
+    x = torch.tensor(spikes, dtype=torch.float32)
+
+    def run():
+        state = None
+        for t in range(T):
+            _, state = net(x[:, t], state)
+    theirs = _record({"1": net[1], "3": net[3]}, run)
+    graph = nir.read(str(tmp_path / "norse.nir"))
+    kinds = sorted(type(n).__name__ for n in graph.nodes.values())
+    assert "IF" in kinds and "LIF" in kinds
+    ours = _ours(graph, "norse", spikes)  # an in-memory graph; LIF at dt**2 = 1e-6, IF at 1
+    lif, iaf = [n for n, v in graph.nodes.items() if type(v).__name__ == "LIF"][0], \
+        [n for n, v in graph.nodes.items() if type(v).__name__ == "IF"][0]
+    for _, same, corr in _measure(ours, theirs, [(lif, "1"), (iaf, "3")]):
+        assert same == 1.0 if exact else corr >= 0.99
+
+
+# -- spikeforge's export in the consumers ------------------------------------------------------
+def _consumer_spikes(model, layers: list[str], inputs: np.ndarray, steps: int) -> dict[str, np.ndarray]:
+    mods = dict(model.named_modules())
+    x = torch.tensor(inputs, dtype=torch.float32)
+
+    def run():
+        state = None
+        for t in range(steps):
+            _, state = model(x if x.ndim == 2 else x[:, t], state)
+    return _record({n: mods[n.replace(".", "_")] for n in layers}, run)
+
+
+@pytest.mark.parametrize("consumer", ["norse", "snntorch"])
+def test_export_runs_batched_in_consumers(tmp_path, consumer):
+    """A quantized graph whose exponents are >= 0 beyond the input runs identically; inputs as
+    recorded spikes (payload 1) make every float sum exact."""
+    rng = np.random.default_rng(3)
+    g = ir.Graph((ir.Input("in", (N_IN,), payload_bits=1),
+                  ir.FixedAffine("fc1", rng.integers(-40, 128, (10, N_IN)), 0),
+                  ir.FixedLIF("lif1", 10, vth=300, reset="zero"),
+                  ir.FixedAffine("fc2", rng.integers(-40, 128, (4, 10)), 1),
+                  ir.FixedLIF("lif2", 4, vth=400, reset="zero"), ir.Output("out", (4,))),
+                 (("in", "fc1"), ("fc1", "lif1"), ("lif1", "fc2"), ("fc2", "lif2"), ("lif2", "out")))
+    spikes = _spikes(1)
+    sim = simulate(g, "cpu", spikes, T)
+    layers = [l.name for l in lower(g).layers]
+    ours = {n: sim.result.spikes[n][:, d:d + T] for d, n in enumerate(layers, start=1)}
+    model = _load_in(consumer, g, tmp_path)
+    theirs = _consumer_spikes(model, layers, spikes, T)
+    for _, same, _ in _measure(ours, theirs, [(n, n) for n in layers]):
+        assert same == 1.0
+
+
+def _load_in(consumer: str, g, tmp_path):
+    path = tmp_path / f"{consumer}.nir"
+    save_nir(g, path, target="snntorch" if consumer == "snntorch" else "nir")
+    if consumer == "norse":
+        import norse.torch as norse
+
+        return norse.from_nir(nir.read(str(path)), dt=1.0)
+    from snntorch.import_nir import import_from_nir
+
+    return import_from_nir(nir.read(str(path)))
+
+
+@pytest.mark.parametrize("consumer", ["norse", "snntorch"])
+def test_demo_network_export_in_consumers(demo_zero, tmp_path, consumer):
+    """The demo network (reset zero), batched, constant-current input x = payload / 255."""
+    g, x = demo_zero
+    sim = simulate(g, "cpu", x, 32)
+    layers = [l.name for l in lower(g).layers]
+    model = _load_in(consumer, g, tmp_path)
+    theirs = _consumer_spikes(model, layers, np.rint(x * 255) / 255, 32)
+    ours = {n: sim.result.spikes[n][:, d:d + 32] for d, n in enumerate(layers, start=1)}
+    _measure(ours, theirs, [(n, n) for n in layers])  # reported: the first layer's floor(acc 2**e), e < 0, is not NIR
+    agreement = float((theirs[layers[-1]].sum(1).argmax(1) == sim.predictions).mean())
+    print(f"{consumer}: prediction agreement {agreement:.4f}")
+    assert agreement >= 0.99
+
+
+@pytest.fixture(scope="module")
+def demo_zero(tmp_path_factory):
+    """The demo MLP (``spikeforge train --arch mlp``) converted with --reset zero, and its test inputs."""
+    import subprocess
+    import sys
+
+    from spikeforge import graphio
+    from spikeforge.data import load
+
+    d = tmp_path_factory.mktemp("demo")
+    for args in (["train", "--arch", "mlp", "-o", "model.onnx"],
+                 ["convert", "model.onnx", "--calib", "calib.npz", "--reset", "zero", "-o", "net.sfg"]):
+        r = subprocess.run([sys.executable, "-m", "spikeforge.cli", *args], cwd=d, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    return graphio.load(d / "net.sfg"), load(d / "test.npz").x.astype(np.float64)
