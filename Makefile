@@ -41,6 +41,10 @@ demo: $(STAMP)
 	$(SF) convert $(OUT)/recurrent.sfg --calib $(OUT)/calib.npz -o $(OUT)/net-recurrent.sfg
 	$(SF) simulate $(OUT)/net-recurrent.sfg --backend cpu --data $(OUT)/test.npz --timesteps $(T)
 	$(SF) verify $(OUT)/net-recurrent.sfg --backends cpu,lava,brian2 --data $(OUT)/test.npz --timesteps $(T) --limit 10
+	$(SF) train --arch cnn -o $(OUT)/cnn.onnx --calib-out $(OUT)/calib-cnn.npz --test-out $(OUT)/test-cnn.npz
+	$(SF) convert $(OUT)/cnn.onnx --calib $(OUT)/calib-cnn.npz -o $(OUT)/net-cnn.sfg
+	$(SF) simulate $(OUT)/net-cnn.sfg --backend cpu --data $(OUT)/test-cnn.npz --timesteps $(T)
+	$(SF) verify $(OUT)/net-cnn.sfg --backends cpu,lava,brian2 --data $(OUT)/test-cnn.npz --timesteps $(T) --limit 10
 	$(SF) hardware
 
 test: $(STAMP)
