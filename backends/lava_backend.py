@@ -9,6 +9,13 @@ Lowering (one Lava Process per IR layer and projection):
   bits, so mixed-sign ``w`` loses its lowest bit and an all-negative matrix holding -128 is
   clipped to -255/2; ``2 w`` with MIXED is exact for every matrix:
   ``a = floor(sum_j 2 w_ij s_j 2**(weight_exp - 1))``, sent one step later.
+* Projection (FixedConv2d) -> :class:`~spikeforge.backends.lava_procs.process.SpikeforgeConv`,
+  spikeforge's own fixed_pt process (Lava 0.10's Conv ignores weight_exp and
+  num_weight_bits, does not clip and wraps to 24 bits): ``a = floor(conv2d(s, w)
+  2**weight_exp)`` exact in int64 (``spikeforge.conv``), sent one step later like Dense;
+  flat C-order ports. With ``neuron="stock"`` (and on hardware) it is Lava's ``Sparse``
+  over the unrolled connections (``Projection.coo``), with the same ``2 w`` /
+  ``weight_exp - 1`` / MIXED encoding as Dense.
 * Input -> ``lava.proc.io.source.RingBuffer`` (int32) of all samples' payloads concatenated
   along time, feeding Dense with ``num_message_bits = payload bits`` (graded, 8-bit).
 * Layer (FixedLIF) -> :class:`~spikeforge.backends.lava_procs.process.SpikeforgeLIF`, whose
@@ -29,9 +36,9 @@ Lowering (one Lava Process per IR layer and projection):
 
 ``LavaBackend(neuron="stock")`` uses Lava's own ``LIF`` (``PyLifModelBitAcc``) instead, for
 layers that it computes (reset='zero', or 'value' with v_reset = 0; v_rest = leak =
-refractory = 0; no stochastic layer), one ``run(steps)`` per sample with u, v and every
-Dense ``a_buff`` set to 0 between samples (Var.set); it shows that the arithmetic above is
-Lava's.
+refractory = 0; no stochastic layer) and Lava's ``Sparse`` for convolutions, one
+``run(steps)`` per sample with u, v and every Dense/Sparse ``a_buff`` set to 0 between
+samples (Var.set); it shows that the arithmetic above is Lava's.
 
 Each chunk of samples runs in a forked child process group with a timeout (``isolate=True``,
 the default): a failure inside a Lava ProcessModel surfaces as one-line
@@ -57,7 +64,8 @@ from spikeforge import ir
 from spikeforge.backends.base import Backend, RunResult
 from spikeforge.backends.cpu import check_payloads
 from spikeforge.errors import BackendUnavailable, SpikeforgeError, UnsupportedError
-from spikeforge.network import Network
+from spikeforge.network import Network, Projection
+from spikeforge.neuron import shift
 
 Neuron = Literal["spikeforge", "stock"]
 NEURONS: tuple[str, ...] = ("spikeforge", "stock")
@@ -66,7 +74,8 @@ NEURONS: tuple[str, ...] = ("spikeforge", "stock")
 #: silently): a layer's summed synaptic input |a| must stay below this bound to match the
 #: cpu backend's int64 arithmetic (2**31 > 64 |a| + 2**24 (u) + 2**24 (v) + 2**19 (bias)).
 A_MAX = (2**31 - 2**25 - 2**19) >> 6
-#: A Dense accumulator (sum_j |2 w_ij| s_j before its shift) must fit in int32.
+#: A Dense/Sparse accumulator (sum_j |2 w_ij| s_j before its shift) must fit in int32
+#: (SpikeforgeConv accumulates in int64; its shifted sum a is bounded by A_MAX).
 ACC_MAX = 2**31 - 1
 SPIKES_PER_WORD = 52  # must equal lava_procs.process.SPIKES_PER_WORD
 
@@ -120,12 +129,37 @@ class DenseSpec:
 
 
 @dataclass(frozen=True)
+class ConvSpec:
+    """One convolutional projection: SpikeforgeConv (w, weight_exp), or with neuron='stock'
+    Lava's Sparse over its unrolled connections (2w, weight_exp - 1)."""
+
+    name: str
+    src: str
+    dst: str
+    weight: np.ndarray  # int32 (C_out, C_in / groups, kH, kW), 8-bit mantissas
+    weight_exp: int  # the IR's weight_exp, in [-8, 7]
+    geometry: ir.ConvGeometry
+    num_message_bits: int  # 0 for binary spikes, payload bits (<= 8) for the Input
+
+    def sparse_2w(self) -> Any:
+        """The unrolled connections as a scipy CSR matrix (post, pre) of 2w, int32."""
+        from scipy.sparse import csr_matrix
+
+        from spikeforge.conv import connections
+
+        pre, post, w = connections(self.weight, self.geometry)
+        shape = (int(np.prod(self.geometry.output_shape)), int(np.prod(self.geometry.input_shape)))
+        return csr_matrix(((2 * w).astype(np.int32), (post, pre)), shape=shape)
+
+
+@dataclass(frozen=True)
 class LavaProgram:
     net: Network
     layers: tuple[LayerSpec | StochasticSpec, ...]
     denses: tuple[DenseSpec, ...]
     neuron: str
     hardware: bool = False
+    convs: tuple[ConvSpec, ...] = ()
 
 
 class LavaBackend(Backend):
@@ -245,21 +279,31 @@ def stock_violations(net: Network) -> list[str]:
     return problems
 
 
-def int32_violations(net: Network, graph: ir.Graph) -> list[str]:
-    """Projections whose Dense int32 accumulator, and layers whose a << 6, can overflow."""
+def worst_sum(proj: Projection) -> int:
+    """max_i sum_j |w_ij| over the projection's target neurons: for a convolution the
+    kernel sum of its heaviest output channel (an upper bound: at the borders, padding
+    leaves fewer inputs)."""
+    w = np.abs(proj.weight)
+    return int(w.reshape(w.shape[0], -1).sum(axis=1).max(initial=0))
+
+
+def int32_violations(net: Network, graph: ir.Graph, stock: bool = False) -> list[str]:
+    """Projections whose Lava int32 accumulator (Dense; Sparse for convolutions when
+    ``stock``), and layers whose a << 6, can overflow. SpikeforgeConv accumulates in int64."""
     problems = []
     a_bound = {l.name: 0 for l in net.layers}
     for proj in net.projections:
         node = graph.node(proj.name)
         max_in = net.input.payload_max if proj.graded else 1
-        acc = int(np.abs(2 * proj.weight).sum(axis=1).max(initial=0)) * max_in
-        if acc > ACC_MAX:
-            problems.append(
-                f"{node.where()} weight: Lava's Dense accumulates in int32; the sum of "
-                f"|2 w| x {max_in} reaches {acc} > {ACC_MAX}"
-            )
-        exp = proj.weight_exp - 1  # Lava's shift of the 2w sums
-        a_bound[proj.dst] += acc << exp if exp >= 0 else acc >> -exp
+        acc = worst_sum(proj) * max_in  # worst-case |sum_j w_ij s_j|
+        if proj.conv is None or stock:
+            what = "Dense" if proj.conv is None else "Sparse (the unrolled convolution)"
+            if 2 * acc > ACC_MAX:
+                problems.append(
+                    f"{node.where()} weight: Lava's {what} accumulates in int32; the sum of "
+                    f"|2 w| x {max_in} reaches {2 * acc} > {ACC_MAX}"
+                )
+        a_bound[proj.dst] += int(shift(np.int64(acc), proj.weight_exp))
     for layer in net.layers:
         if a_bound[layer.name] > A_MAX:
             problems.append(
@@ -278,7 +322,7 @@ def build_program(net: Network, graph: ir.Graph, neuron: str,
         problems = stock_violations(net)
         if problems:
             raise UnsupportedError("; ".join(problems) + "; use neuron='spikeforge'")
-    problems = int32_violations(net, graph)
+    problems = int32_violations(net, graph, stock=neuron == "stock")
     if problems:
         raise UnsupportedError("; ".join(problems))
     layers: list[LayerSpec | StochasticSpec] = []
@@ -293,11 +337,15 @@ def build_program(net: Network, graph: ir.Graph, neuron: str,
                                 n.bias_mant.astype(np.int32), int(n.bias_exp),
                                 RESET_CODES[n.reset], layer.name == net.readout,
                                 int(n.v_rest), int(n.v_reset), int(n.leak), int(n.refractory)))
+    bits = {proj.name: net.input.payload_max.bit_length() if proj.graded else 0
+            for proj in net.projections}
     denses = [DenseSpec(proj.name, proj.src, proj.dst, (2 * proj.weight).astype(np.int32),
-                        int(proj.weight_exp) - 1,
-                        net.input.payload_max.bit_length() if proj.graded else 0)
-              for proj in net.projections]
-    return LavaProgram(net, tuple(layers), tuple(denses), neuron, hardware)
+                        int(proj.weight_exp) - 1, bits[proj.name])
+              for proj in net.projections if proj.conv is None]
+    convs = [ConvSpec(proj.name, proj.src, proj.dst, proj.weight.astype(np.int32),
+                      int(proj.weight_exp), proj.conv, bits[proj.name])
+             for proj in net.projections if proj.conv is not None]
+    return LavaProgram(net, tuple(layers), tuple(denses), neuron, hardware, tuple(convs))
 
 
 # -- execution (imports lava) -------------------------------------------------------------
@@ -367,7 +415,7 @@ def _execute_stock(program: LavaProgram, payloads: np.ndarray,
                    deadline: tuple[float, float] | None
                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Lava's stock LIF: one run(steps) per sample; between samples u, v and every Dense
-    a_buff are set to 0 (the source RingBuffer moves on to the next sample's payloads).
+    and Sparse a_buff are set to 0 (the source RingBuffer moves on to the next sample's payloads).
     build_program has refused every layer the stock LIF does not compute exactly."""
     from lava.proc.lif.process import LIF
 
@@ -472,13 +520,15 @@ def _run_cfg(hardware: bool) -> Any:
 
 
 def _wire(program: LavaProgram, payloads: np.ndarray, lifs: dict) -> tuple[Any, dict, list]:
-    """Source -> Dense -> neurons -> spike recorders (adapters between host and chip when
-    ``program.hardware``). Returns (source, {layer: recorder}, denses)."""
+    """Source -> Dense / SpikeforgeConv (stock: Sparse) -> neurons -> spike recorders
+    (adapters between host and chip when ``program.hardware``). Returns (source,
+    {layer: recorder}, synapse processes)."""
     from lava.proc.dense.process import Dense
     from lava.proc.io.source import RingBuffer
+    from lava.proc.sparse.process import Sparse
     from lava.utils.weightutils import SignMode
 
-    from spikeforge.backends.lava_procs.process import SpikeRecorder
+    from spikeforge.backends.lava_procs.process import SpikeforgeConv, SpikeRecorder
 
     batch, steps, n_in = payloads.shape
     src = RingBuffer(data=np.ascontiguousarray(payloads.reshape(batch * steps, n_in).T))
@@ -495,6 +545,20 @@ def _wire(program: LavaProgram, payloads: np.ndarray, lifs: dict) -> tuple[Any, 
         (src_port if d.num_message_bits else lifs[d.src].s_out).connect(dense.s_in)
         dense.a_out.connect(lifs[d.dst].a_in)
         denses.append(dense)
+    for c in program.convs:
+        if program.neuron == "stock":
+            conn = Sparse(weights=c.sparse_2w(), weight_exp=c.weight_exp - 1, num_weight_bits=8,
+                          sign_mode=SignMode.MIXED, num_message_bits=c.num_message_bits,
+                          name=c.name)
+        else:
+            g = c.geometry
+            conn = SpikeforgeConv(weight=c.weight, weight_exp=c.weight_exp,
+                                  input_shape=g.input_shape, stride=g.stride, padding=g.padding,
+                                  dilation=g.dilation, groups=g.groups,
+                                  num_message_bits=c.num_message_bits, name=c.name)
+        (src_port if c.num_message_bits else lifs[c.src].s_out).connect(conn.s_in)
+        conn.a_out.connect(lifs[c.dst].a_in)
+        denses.append(conn)
     recorders = {}
     for name, lif in lifs.items():
         n = lif.a_in.shape[0]

@@ -4,7 +4,8 @@
 (``AbstractPyLifModelFixed.subthr_dynamics`` and ``scale_bias``) and adds spikeforge's
 reset modes, resting potential, subtractive leak, refractory period and per-window state
 reset; :class:`PySpikeforgeStochasticModel` is spikeforge's own simulation model of a
-memoryless stochastic neuron (no Loihi 2 counterpart)."""
+memoryless stochastic neuron (no Loihi 2 counterpart); :class:`PySpikeforgeConvModel`
+computes spikeforge's exact fixed-point convolution with ``spikeforge.conv``."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.lif.models import AbstractPyLifModelFixed
 
 from spikeforge.backends.lava_procs.process import (RESET_SUBTRACT, RESET_VALUE,
-                                                    SPIKES_PER_WORD, SpikeforgeLIF,
-                                                    SpikeforgeStochastic, SpikeRecorder,
-                                                    WindowRecorder)
-from spikeforge.neuron import uniform_ints
+                                                    SPIKES_PER_WORD, SpikeforgeConv,
+                                                    SpikeforgeLIF, SpikeforgeStochastic,
+                                                    SpikeRecorder, WindowRecorder)
+from spikeforge.neuron import shift, uniform_ints
 
 
 @implements(proc=SpikeforgeLIF, protocol=LoihiProtocol)
@@ -143,6 +144,40 @@ class PySpikeforgeStochasticModel(PyLoihiProcessModel):
         r = uniform_ints(int(self.seed), np.array([self.sample_offset + sample]), step, n,
                          int(self.vth) << 6)[0]
         self.s_out.send(z > r)
+
+
+@implements(proc=SpikeforgeConv, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt", "bit_accurate_loihi")
+class PySpikeforgeConvModel(PyLoihiProcessModel):
+    """Per step: send a_buff (the previous step's sum); s = s_in; a_buff = floor(conv2d(s, w)
+    * 2**weight_exp), the integer sum exact in int64 (spikeforge.conv.conv2d_int, as the
+    cpu backend computes it). The lava backend checks before building that |a| fits int32
+    and the LIF's a << 6 (lava_backend.int32_violations)."""
+
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    weight: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+
+    def __init__(self, proc_params: dict) -> None:
+        super().__init__(proc_params)
+        self.geometry = proc_params["geometry"]
+        self.weight_exp: int = int(proc_params["weight_exp"])
+        bits = int(proc_params["num_message_bits"])
+        self.max_input: int = 2**bits - 1 if bits else 1
+        import torch
+
+        # a forked process model: one thread (no oversubscription, no forked OpenMP pool)
+        torch.set_num_threads(1)
+
+    def run_spk(self) -> None:
+        from spikeforge.conv import conv2d_int
+
+        self.a_out.send(self.a_buff)
+        s = self.s_in.recv().astype(np.int64).reshape(1, -1)
+        acc = conv2d_int(s, self.weight.astype(np.int64), self.geometry, self.max_input)[0]
+        self.a_buff = shift(acc, self.weight_exp).astype(np.int32)
 
 
 @implements(proc=SpikeRecorder, protocol=LoihiProtocol)

@@ -1,7 +1,8 @@
 """spikeforge's Lava Processes: Lava's fixed-point CUBA LIF extended with spikeforge's
 neuron family (reset to zero, by subtraction or to a value, resting potential, subtractive
 leak, refractory period) and a per-sample state reset; a memoryless stochastic neuron with
-counter-based draws; packed spike and window recorders. (Only Process code here: the Lava
+counter-based draws; an exact fixed-point 2-D convolution; packed spike and window
+recorders. (Only Process code here: the Lava
 compiler executes every .py file in this folder when it looks for ProcessModels.)"""
 
 from __future__ import annotations
@@ -96,6 +97,44 @@ class SpikeforgeStochastic(AbstractProcess):
         self.bias_mant = Var(shape=shape, init=bias_mant)
         self.bias_exp = Var(shape=(1,), init=int(bias_exp))
         self.seed = Var(shape=(1,), init=int(seed))
+
+
+class SpikeforgeConv(AbstractProcess):
+    """Loihi 2 convolutional synapses in fixed point, exact (spikeforge's FixedConv2d):
+
+        acc(t) = conv2d(s(t), w)                          (exact, int64)
+        a(t)   = floor(acc(t) * 2**weight_exp)            (an arithmetic shift)
+        a_out(t) = a(t - 1)                               (one step of latency, like Dense)
+
+    Lava 0.10's own fixed_pt Conv ignores weight_exp and num_weight_bits, does not clip the
+    weights and wraps its output to 24 bits; this process applies the 8-bit mantissas and
+    the exponent as spikeforge's cpu backend does. Ports are flat C-order vectors: ``s_in``
+    (C_in * H * W,) binary spikes or graded payloads (``num_message_bits`` > 0, values up to
+    2**num_message_bits - 1), ``a_out`` (C_out * H_out * W_out,). Geometry as
+    :class:`spikeforge.ir.ConvGeometry` (padding top, left, bottom, right); ``weight``
+    (C_out, C_in / groups, kH, kW) 8-bit signed mantissas; ``weight_exp`` 4-bit signed.
+    ``a_buff`` holds the sum to send on the next step (Var.set to 0 between samples).
+    """
+
+    def __init__(self, *, weight: np.ndarray, weight_exp: int, input_shape: tuple[int, int, int],
+                 stride: tuple[int, int] = (1, 1), padding: tuple[int, int, int, int] = (0, 0, 0, 0),
+                 dilation: tuple[int, int] = (1, 1), groups: int = 1, num_message_bits: int = 0,
+                 name: ty.Optional[str] = None) -> None:
+        from spikeforge.ir import ConvGeometry
+
+        weight = np.asarray(weight)
+        geometry = ConvGeometry(tuple(int(d) for d in input_shape),
+                                (int(weight.shape[2]), int(weight.shape[3])),
+                                tuple(int(d) for d in stride), tuple(int(d) for d in padding),
+                                tuple(int(d) for d in dilation), int(groups), int(weight.shape[0]))
+        n_in = int(np.prod(geometry.input_shape))
+        n_out = int(np.prod(geometry.output_shape))
+        super().__init__(geometry=geometry, weight_exp=int(weight_exp),
+                         num_message_bits=int(num_message_bits), name=name, log_config=None)
+        self.s_in = InPort(shape=(n_in,))
+        self.a_out = OutPort(shape=(n_out,))
+        self.weight = Var(shape=weight.shape, init=weight.astype(np.int32))
+        self.a_buff = Var(shape=(n_out,), init=0)
 
 
 class SpikeRecorder(AbstractProcess):
