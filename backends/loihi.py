@@ -8,7 +8,8 @@ machine it is taken to, so that is said first. Where lava-loihi or a board is ab
 public machine), ``compile`` (of a fitting graph) and ``run`` then raise
 :class:`BackendUnavailable` with one line saying what was found; nothing is simulated in
 their place. Where present, the graph is Lava's stock processes only (``Dense`` with
-weights 2w / weight_exp - 1 / sign mode MIXED, stock ``LIF``), because a Python
+weights 2w / weight_exp - 1 / sign mode MIXED, convolutions as ``Sparse`` over their
+unrolled connections with the same encoding, stock ``LIF``), because a Python
 ProcessModel such as spikeforge's own LIF would run on the host CPU, not on the chip:
 so reset='subtract' or to a nonzero value, v_rest, the subtractive leak and the
 refractory period are refused (they need Loihi 2 microcode neurons), as are stochastic
@@ -110,8 +111,13 @@ def check_loihi2(graph: ir.Graph) -> list[str]:
     * every neuron is Loihi 2's stock CUBA LIF: reset to zero (or reset='value' with
       v_reset = 0), v_rest = 0, leak = 0, refractory = 0; no FixedStochastic layer;
     * spikeforge's lowering accepts the graph (one Input, a FixedLIF readout);
-    * no Dense accumulator (int32) or LIF input a << 6 (int32) can overflow, as for the
-      lava backend.
+    * no Dense or Sparse accumulator (int32) or LIF input a << 6 (int32) can overflow, as
+      for the lava backend (a convolution's worst case: its heaviest kernel, every input at
+      its maximum).
+
+    What it does not check (:func:`loihi2_notes`): how layers map onto cores (neurons,
+    synapse memory and fan-in per core), which for convolutions depends on how the chip
+    shares their weights.
     """
     from spikeforge.backends.lava_backend import int32_violations, stock_lif_gaps
     from spikeforge.network import lower
@@ -133,8 +139,27 @@ def check_loihi2(graph: ir.Graph) -> list[str]:
         except SpikeforgeError as exc:
             problems.append(str(exc))
         else:
-            problems += int32_violations(net, graph)
+            problems += int32_violations(net, graph, stock=True)
     return problems
+
+
+def loihi2_notes(graph: ir.Graph) -> list[str]:
+    """What :func:`check_loihi2` does not check about this graph, one line each ([] for a
+    graph without convolutions): per conv layer how it is run, and the per-core mapping."""
+    from spikeforge.conv import synapse_count
+
+    convs = graph.of_type(ir.FixedConv2d)
+    notes = []
+    for c in convs:
+        g = c.geometry
+        notes.append(f"{c.where()}: {g.input_shape} -> {g.output_shape}, kernel {g.kernel}, "
+                     f"stride {g.stride}, groups {g.groups}: runs as Lava's Sparse over its "
+                     f"{synapse_count(c.weight, g):,} unrolled synapses (Lava 0.10's Conv "
+                     f"ignores weight_exp and wraps at 24 bits)")
+    if convs:
+        notes.append("not checked: neurons, synapse memory and fan-in per neuro core (the "
+                     "mapping of conv layers onto cores and their weight sharing)")
+    return notes
 
 
 def fit_error(problems: list[str]) -> str:
@@ -145,6 +170,8 @@ def fit_error(problems: list[str]) -> str:
 
 #: Targets of ``spikeforge check --target``: name -> check(graph) -> violations.
 TARGETS: dict[str, Callable[[ir.Graph], list[str]]] = {"loihi2": check_loihi2}
+#: What each target's check leaves unchecked: name -> notes(graph) -> lines (printed as notes).
+NOTES: dict[str, Callable[[ir.Graph], list[str]]] = {"loihi2": loihi2_notes}
 
 
 def check_file(path: str | Path, target: str = "loihi2", as_json: bool = False,
@@ -159,14 +186,17 @@ def check_file(path: str | Path, target: str = "loihi2", as_json: bool = False,
         raise SpikeforgeError(f"--target: expected one of {', '.join(TARGETS)}, found {target!r}")
     graph = graphio.load(path, which)
     problems = TARGETS[target](graph)
+    notes = NOTES[target](graph)
     if as_json:
         return (1 if problems else 0), json.dumps(
-            {"graph": str(path), "target": target, "fits": not problems, "violations": problems})
+            {"graph": str(path), "target": target, "fits": not problems, "violations": problems,
+             "notes": notes})
+    tail = [f"  note: {n}" for n in notes]
     if not problems:
-        return 0, f"{path}: fits {target}"
+        return 0, "\n".join([f"{path}: fits {target}"] + tail)
     lines = [f"{path}: does not fit {target}: {len(problems)} violation"
              f"{'' if len(problems) == 1 else 's'}"]
-    return 1, "\n".join(lines + [f"  - {p}" for p in problems])
+    return 1, "\n".join(lines + [f"  - {p}" for p in problems] + tail)
 
 
 class LoihiBackend(Backend):
