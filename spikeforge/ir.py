@@ -875,10 +875,35 @@ class Graph:
         return order
 
     def is_recurrent_edge(self, a: str, b: str) -> bool:
-        """True for an edge that closes a cycle: it does not lead away from the inputs
-        (breadth-first depth of ``b`` <= depth of ``a``), e.g. self-recurrence or feedback."""
-        depth = self._depths
-        return depth.get(b, math.inf) <= depth.get(a, math.inf)
+        """True for an edge that closes a cycle, e.g. self-recurrence or feedback: a back
+        edge of the depth-first search from the inputs (nodes and edges in graph order), so
+        that reconverging feedforward paths (a residual sum, a concat) are not cycles."""
+        return (a, b) in self._recurrent_edges
+
+    @functools.cached_property
+    def _recurrent_edges(self) -> frozenset[tuple[str, str]]:
+        state: dict[str, int] = {}  # 1 = on the search stack, 2 = done
+        back: set[tuple[str, str]] = set()
+        for root in [n.name for n in self.inputs] + [n.name for n in self.nodes]:
+            if root in state:
+                continue
+            if not isinstance(self.by_name[root], Input):  # unreachable: all its edges count
+                back.update((root, b) for b in self.successors(root))
+                continue
+            state[root] = 1
+            stack = [(root, iter(self.successors(root)))]
+            while stack:
+                node, succ = stack[-1]
+                nxt = next(succ, None)
+                if nxt is None:
+                    state[node] = 2
+                    stack.pop()
+                elif state.get(nxt) == 1:
+                    back.add((node, nxt))
+                elif nxt not in state:
+                    state[nxt] = 1
+                    stack.append((nxt, iter(self.successors(nxt))))
+        return frozenset(back)
 
     def depths(self) -> dict[str, int]:
         """Shortest number of edges from any Input to each node (breadth first)."""
