@@ -280,3 +280,48 @@ def test_residual_from_the_raw_input_is_refused():
     msg = str(err.value)
     assert "\n" not in msg and "pass 'balance_latency'" in msg
     assert "node 'skip' (FixedConv2d): reads the Input directly" in msg and "'r2'" in msg
+
+
+def test_torch_cnn_through_from_torch():
+    """A torch module with a residual Add, a depthwise conv, a channel concat, a strided conv
+    and global average pooling, through from_torch (ONNX): the imported ANN equals torch, the
+    converted network agrees with torch's top-1 and is spike-exact on cpu, lava and brian2."""
+    import torch
+    from torch import nn
+
+    from spikeforge.converter.torch_import import from_torch
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+            self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+            self.c3 = nn.Conv2d(8, 6, 3, stride=2, padding=1)
+            self.fc = nn.Linear(6, 5)
+
+        def forward(self, x):
+            h = torch.relu(self.c1(x))
+            r = torch.relu(self.c2(h) + h)
+            d = torch.relu(self.dw(r))
+            c = torch.relu(self.c3(torch.cat([r, d], 1)))
+            return self.fc(nn.functional.adaptive_avg_pool2d(c, 1).flatten(1))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    graph = from_torch(model, SHAPE)
+    x = inputs(100, seed=4)
+    with torch.no_grad():
+        logits = model(torch.tensor(x, dtype=torch.float32).reshape(-1, *SHAPE)).numpy()
+    np.testing.assert_allclose(ann.forward(graph, x)[graph.output.name], logits, atol=1e-5)
+    snn = convert(graph, inputs(64, seed=100))
+    assert snn.metadata["relay_layers"] == 1 and not snn.of_type(ir.AvgPool2d, ir.Concat)
+    rows, sim = compare_layers(snn, graph, x, 64)
+    agreement = float((sim.predictions == logits.argmax(axis=1)).mean())
+    print(f"torch CNN: top-1 agreement with torch {agreement:.3f}, layer correlations "
+          f"{', '.join(f'{r.layer} {r.correlation:.3f}' for r in rows)}")
+    assert agreement >= AGREEMENT and min(r.correlation for r in rows) >= CORRELATION
+    _, comparisons = verify(snn, ["cpu", "lava", "brian2"], inputs(3, seed=1), 16)
+    for name, c in comparisons.items():
+        assert c.mismatched_spikes == 0 and c.mismatched_v_final == 0, (name, c.first_divergence)
+        assert c.spikes == c.reference_spikes > 0
