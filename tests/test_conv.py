@@ -5,6 +5,7 @@ Refusals: a pool that cannot fold exactly, a residual from the raw Input."""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -17,7 +18,8 @@ from spikeforge import ir
 from spikeforge.analysis import compare_layers
 from spikeforge.backends.cpu import CpuBackend
 from spikeforge.backends.lava_backend import LavaBackend, int32_violations
-from spikeforge.backends.loihi import check_loihi2, loihi2_notes
+from spikeforge import graphio
+from spikeforge.backends.loihi import check_file, check_loihi2, loihi2_notes
 from spikeforge.converter import ann
 from spikeforge.converter.fold import identity_synapse
 from spikeforge.converter.passes import convert
@@ -232,12 +234,19 @@ def test_stock_lava_runs_conv_as_sparse():
     assert sum(int(s.sum()) for s in ref.spikes.values()) > 0
 
 
-def test_loihi2_check_knows_conv_layers():
+def test_loihi2_check_knows_conv_layers(tmp_path):
     snn = convert(residual(), inputs(64, seed=100), reset="zero")
     assert check_loihi2(snn) == []
     notes = loihi2_notes(snn)
+    assert len(notes) == len(snn.of_type(ir.FixedConv2d)) + 1
     assert any("'c1.w' (FixedConv2d)" in n and "Sparse" in n for n in notes)
-    assert any("not checked" in n for n in notes)
+    assert notes[-1].startswith("not checked: neurons, synapse memory and fan-in per neuro core")
+    graphio.save(tmp_path / "res.sfg", snn=snn)
+    code, text = check_file(tmp_path / "res.sfg")
+    assert code == 0 and text.splitlines() == [f"{tmp_path / 'res.sfg'}: fits loihi2"] + [
+        f"  note: {n}" for n in notes]
+    code, text = check_file(tmp_path / "res.sfg", as_json=True)
+    assert code == 0 and json.loads(text)["notes"] == notes
     # the int32 bounds see conv kernels: a heavy kernel into the LIF's a << 6 is named
     # (18 inputs x 127 x payload 255 x 2**7 > 2**25)
     c = snn.node("c1.w")
