@@ -119,8 +119,9 @@ def _check_same(before: list[ir.Node], after: ir.Node, what: str) -> None:
         y = EVAL.lookup(node)(node, y)
     z = EVAL.lookup(after)(after, x)
     if y.shape != z.shape or not np.allclose(y, z, rtol=1e-9, atol=1e-9):
-        raise UnsupportedError(f"{what} cannot be folded exactly (its windows, stride or padding "
-                               f"do not tile the input); use pooling with kernel = stride and no padding")
+        raise UnsupportedError(f"{what} cannot be folded exactly (the pool's windows and the next "
+                               f"layer's stride and padding do not compose into one map); use pooling "
+                               f"with kernel = stride, or no padding in the layer after an overlapping pool")
 
 
 def _fold_pool(ed: _Edit, pool: ir.AvgPool2d, names: set[str]) -> None:
