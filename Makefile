@@ -7,12 +7,17 @@ SF      := $(VENV)/bin/spikeforge
 STAMP   := $(VENV)/.spikeforge-installed
 OUT     ?= out
 T       ?= 32
+# lava-dl's netx (the netx export test): lava-dl 0.6.0 pins torch<2.4 and pytest<8, so it and
+# torchvision (the build matching torch 2.14) go in without their dependencies; opencv<4.11
+# (later builds pull numpy 2) is what slayer's __init__ imports besides them.
+NETX_NODEPS := lava-dl==0.6.0 'torchvision>=0.29,<0.30'
+NETX_DEPS   := opencv-python-headless==4.10.0.84 'numpy<2'
 
 .PHONY: demo test env bench examples clean
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@set -e; \
 	if [ ! -x "$(PY)" ]; then \
 	  py=$$(scripts/find-python310.sh); \
@@ -23,6 +28,10 @@ $(STAMP): pyproject.toml
 	"$(PY)" -m pip install --quiet --upgrade pip; \
 	echo "installing spikeforge and its dependencies (lava-nc, brian2, torch, onnx, ...) into $(VENV)"; \
 	"$(PY)" -m pip install --quiet --progress-bar off -e '.[test]'; \
+	echo "installing lava-dl's netx (lava-dl 0.6.0 pins torch<2.4: --no-deps, plus only what netx imports)"; \
+	"$(PY)" -m pip install --quiet --progress-bar off --no-deps $(NETX_NODEPS); \
+	"$(PY)" -m pip install --quiet --progress-bar off $(NETX_DEPS); \
+	"$(PY)" -c 'from lava.lib.dl import netx; import numpy, torch; assert numpy.__version__ < "2", numpy.__version__'; \
 	touch "$(STAMP)"
 
 demo: $(STAMP)
