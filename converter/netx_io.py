@@ -40,6 +40,8 @@ from spikeforge.fileio import atomic_path
 NETX_BIAS_EXP = 6
 #: Symmetric 8-bit mantissas, as the default quantization uses.
 W_MAX = 127
+#: Largest worst-case synaptic input |a| per step for which a << 6 fits the 24-bit current u.
+U_MAX = (2**23 - 1) >> 6
 ADVICE = "convert --target netx"
 
 
@@ -88,12 +90,14 @@ def quantize_netx(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
     netx's rules, for each layer with threshold theta, one incoming map W (input scale s:
     1 / (2**payload_bits - 1) from the Input, 1 for spikes) and bias b:
 
-        vth = min(floor(127 / max|W s / theta|), floor(4095 / max|b / theta|))
+        vth = min(floor(127 / max|W s / theta|), floor(4095 / max|b / theta|),
+                  floor(U_MAX / max_i sum_j |W_ij s / theta| x_max))
         w = round(W s vth / theta), weight_exp = 0
         bias_mant = round(b vth / theta), bias_exp = 6  (bias in state units: 64 * bias_mant)
 
-    so every weight fits 8 bits at exponent 0, every bias is a multiple of 64 and no 13-bit
-    bias mantissa saturates (the bias bound can lower vth, and so the weights' resolution).
+    so every weight fits 8 bits at exponent 0, every bias is a multiple of 64, no 13-bit bias
+    mantissa saturates and the worst-case input (x_max: 255 from the Input, 1 for spikes)
+    cannot wrap u (the last two bounds can lower vth, and so the weights' resolution).
     The per-layer choices are stored in metadata["netx"]; metadata["quantization"] holds
     the rows ``spikeforge convert`` prints.
     """
@@ -125,8 +129,12 @@ def quantize_netx(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
         b = _per_neuron_bias(syn, node.size) * gain / node.v_threshold
         m = float(np.abs(W).max(initial=0.0))
         mb = float(np.abs(b).max(initial=0.0))
+        in_max = payload_max if isinstance(src, ir.Input) else 1
+        # worst-case synaptic input per step, per unit of vth: (a << 6) must stay in 24 bits
+        mu = float((np.abs(W).reshape(W.shape[0], -1).sum(axis=1) * in_max).max(initial=0.0))
         vth = min(math.floor(W_MAX / m) if m > 0 else ir.BITS["vth"].hi,
-                  math.floor(ir.BITS["bias_mant"].hi / mb) if mb > 0 else ir.BITS["vth"].hi)
+                  math.floor(ir.BITS["bias_mant"].hi / mb) if mb > 0 else ir.BITS["vth"].hi,
+                  math.floor(U_MAX / mu) if mu > 0 else ir.BITS["vth"].hi)
         vth = int(min(max(vth, 1), ir.BITS["vth"].hi))
         wq = np.rint(W * vth)
         clipped = int((np.abs(wq) > W_MAX).sum())
@@ -142,7 +150,6 @@ def quantize_netx(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
             dv = int(min(max(round(4096 / node.tau), 0), ir.BITS["dv"].hi))
         new[name] = ir.FixedLIF(name, node.size, shape=node.shape, vth=vth, du=4095, dv=dv,
                                 bias_mant=bias, bias_exp=NETX_BIAS_EXP, reset="zero")
-        in_max = payload_max if isinstance(src, ir.Input) else 1
         flat = np.abs(wq).reshape(wq.shape[0], -1)
         rows.append(NetxLayer(name, node.size, int((wq != 0).sum()), vth, clipped, zeroed, sat,
                               int(flat.sum(axis=1).max(initial=0)) * in_max))
@@ -208,6 +215,27 @@ def convert_netx(ann: ir.Graph, calib_x: np.ndarray, normalization: str = "perce
     g = quantize_netx(float_graph, payload_bits).with_metadata(reset="zero", neuron="if",
                                                                target="netx")
     return g, netx_changes(default, g)
+
+
+def netx_target_args(args: Any) -> None:
+    """``convert --target netx``: refuse, by option, what netx's rules exclude."""
+    if args.reset == "subtract":
+        raise SpikeforgeError("--reset subtract: --target netx resets to zero only "
+                              "(netx's CUBA neuron); leave --reset out or pass --reset zero")
+    if args.neuron != "if":
+        raise SpikeforgeError(f"--neuron {args.neuron}: --target netx builds CUBA IF neurons "
+                              f"only; use --neuron if")
+
+
+def describe_changes(changes: list[NetxChange]) -> list[str]:
+    """One line per layer: what netx's rules changed against the default quantization."""
+    lines = ["netx rules against the default quantization (weight_exp 0, bias multiples of 64 "
+             "state units = bias_exp 6, reset to zero):"]
+    for c in changes:
+        exps = ",".join(map(str, c.weight_exp))
+        lines.append(f"  {c.layer}: weight_exp {exps} -> 0, vth {c.vth} -> {c.netx_vth}, "
+                     f"bias step {c.bias_step} -> 64 state units, reset {c.reset} -> zero")
+    return lines
 
 
 # -- export ----------------------------------------------------------------------------

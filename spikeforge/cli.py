@@ -138,22 +138,36 @@ def cmd_convert(args: argparse.Namespace) -> int:
             raise SpikeforgeError(f"--calib: required to normalize the ANN {model} (a .npz with x, or 'digits')")
         calib = _load_data(args.calib, None, labels=False)
         calib_x = _features(calib, ann.inputs[0].out_size, args.calib)
-        calib_note = (f"reset by {args.reset}, normalization {args.normalize}"
+        calib_note = (f"reset by {args.reset or 'subtract'}, normalization {args.normalize}"
                       f"{f' {args.percentile}' if args.normalize == 'percentile' else ''}, "
                       f"calibration {len(calib_x)} samples")
+    changes = None
     if ann.is_fixed():  # a NIR file spikeforge wrote: its quantized graph, unchanged
         snn, calib_note = ann.with_metadata(source=str(model)), "the quantized graph recorded in the file"
+    elif args.target == "netx":
+        from spikeforge.converter.netx_io import convert_netx, netx_target_args
+
+        netx_target_args(args)
+        snn, changes = convert_netx(ann, calib_x, args.normalize, args.percentile)
+        snn = snn.with_metadata(source=str(model))
+        calib_note = calib_note.replace("reset by subtract", "reset by zero")
     else:
-        snn = convert(ann, calib_x, reset=args.reset, normalization=args.normalize, percentile=args.percentile,
-                      neuron=args.neuron, seed=args.seed).with_metadata(source=str(model))
+        snn = convert(ann, calib_x, reset=args.reset or "subtract", normalization=args.normalize,
+                      percentile=args.percentile, neuron=args.neuron, seed=args.seed).with_metadata(source=str(model))
     resets = sorted({n.reset for n in snn.of_type(ir.FixedLIF)})
     reports = layer_reports(snn)
     graphio.save(out, snn=snn, ann=ann)
     if args.json:
         print(json.dumps({"output": str(out), "reset": resets[0] if len(resets) == 1 else resets,
-                          "spiking_source": spiking_source, "layers": [r._asdict() for r in reports]}))
+                          "spiking_source": spiking_source, "target": args.target,
+                          "layers": [r._asdict() for r in reports],
+                          **({"netx_changes": [c._asdict() for c in changes]} if changes is not None else {})}))
         return 0
-    print(f"converted {model} -> {out} ({calib_note})")
+    print(f"converted {model} -> {out} ({calib_note}{', netx rules' if changes is not None else ''})")
+    if changes is not None:
+        from spikeforge.converter.netx_io import describe_changes
+
+        print("\n".join(describe_changes(changes)))
     head = ("layer", "neurons", "synapses", "weight_exp", "vth", "bias_exp", "clipped_w", "zeroed_w", "sat_bias", "max|a|")
     rows = [(r.layer, r.neurons, r.synapses, ",".join(map(str, r.weight_exp)), r.vth, r.bias_exp,
              r.clipped_weights, r.zeroed_weights, r.saturated_biases, r.max_input) for r in reports]
@@ -171,6 +185,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from spikeforge.converter.nir_io import save_nir
 
+    if args.to == "netx":
+        from spikeforge.converter.netx_io import export_netx
+
+        out = check_output(args.output, ".net")
+        snn, _ = _graphs(args.graph)
+        with _naming(args.graph):
+            names = export_netx(snn, out)
+        print(f"wrote {out} (lava-dl netx HDF5, {len(names)} layers: {', '.join(names)}; "
+              f"load with netx.hdf5.Network(net_config, input_message_bits=8))")
+        return 0
     out = check_output(args.output, ".nir")
     if not args.dt > 0:
         raise SpikeforgeError(f"--dt: expected a step length > 0 seconds, found {args.dt}")
@@ -365,7 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="ANN (ONNX or an ANN graph file) or spiking NIR graph -> quantized spiking graph file")
     c.add_argument("model")
     c.add_argument("--calib", help="calibration data (.npz with x and y, or 'digits'); required for ANNs")
-    c.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
+    c.add_argument("--reset", choices=("subtract", "zero"), default=None, help="default: subtract (netx: zero)")
+    c.add_argument("--target", choices=("spikeforge", "netx"), default="spikeforge",
+                   help="quantization rules: spikeforge's (per-projection weight exponents) or lava-dl "
+                        "netx's (weight exponent 0, bias a multiple of 64, reset to zero)")
     c.add_argument("--normalize", choices=("percentile", "max", "none"), default="percentile")
     c.add_argument("--percentile", type=float, default=99.9)
     c.add_argument("--neuron", choices=("if", "stochastic"), default="if",
@@ -378,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True)
     c.set_defaults(fn=cmd_convert)
 
-    e = sub.add_parser("export", help="write a graph file's spiking network to NIR")
+    e = sub.add_parser("export", help="write a graph file's spiking network to NIR or lava-dl netx HDF5")
     e.add_argument("graph")
+    e.add_argument("--to", choices=("nir", "netx"), default="nir", help="nir (.nir) or netx (.net, HDF5)")
     e.add_argument("--dt", type=float, default=1.0, help="seconds per simulation step (recorded in the file)")
     e.add_argument("--target", choices=("nir", "snntorch"), default="nir",
                    help="nir: IF as NIR's IF (Norse, Sinabs); snntorch: IF as LIF with beta = 1 at dt = 1e-4 s, "

@@ -1,0 +1,127 @@
+"""lava-dl netx: `convert --target netx`, `export --to netx`, and the file run by lava-dl's own
+netx.hdf5.Network under Loihi2SimCfg('fixed_pt'), spike for spike against spikeforge."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from spikeforge import data, graphio, ir
+from spikeforge.converter.netx_io import export_netx, run_netx
+from spikeforge.errors import UnsupportedError
+from spikeforge.runner import payloads_for, simulate
+from spikeforge.testing import random_fixed_graph
+
+CLI = [sys.executable, "-m", "spikeforge.cli"]
+T = 32
+SAMPLES = 24
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("netx")
+    r = run_cli("train", "--arch", "mlp", "--hidden", "64", "--epochs", "40", "-o", "model.onnx", cwd=d)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("convert", "model.onnx", "--calib", "calib.npz", "--target", "netx", "--json",
+                "-o", "net-netx.sfg", cwd=d)
+    assert r.returncode == 0, r.stderr
+    (d / "convert.json").write_text(r.stdout)
+    return d
+
+
+def test_convert_target_netx_follows_netx_rules(workdir):
+    rep = json.loads((workdir / "convert.json").read_text())
+    assert rep["target"] == "netx" and rep["reset"] == "zero"
+    changes = rep["netx_changes"]
+    assert [c["layer"] for c in changes] == [l["layer"] for l in rep["layers"]]
+    assert any(e != 0 for c in changes for e in c["weight_exp"])  # the default uses exponents
+    g = graphio.load(workdir / "net-netx.sfg")
+    for n in g.of_type(ir.FixedAffine):
+        assert n.weight_exp == 0 and np.abs(n.weight).max() <= 127
+    for n in g.of_type(ir.FixedLIF):
+        assert n.reset == "zero" and n.bias_exp == 6 and (n.bias_mant != 0).any()
+    assert all(l["saturated_biases"] == 0 and l["clipped_weights"] == 0 for l in rep["layers"])
+
+
+def test_netx_file_runs_in_lava_dl_spike_identical(workdir):
+    r = run_cli("export", "net-netx.sfg", "--to", "netx", "-o", "net.net", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(workdir / "net.net") as f:
+        types = [f[f"layer/{i}/type"][()].decode() for i in range(len(f["layer"]))]
+        assert types == ["input", "flatten", "dense", "dense"]
+        assert int(f["layer/2/neuron/iDecay"][()]) == 4096 and int(f["layer/2/neuron/vDecay"][()]) == 0
+    g = graphio.load(workdir / "net-netx.sfg")
+    test = data.load(str(workdir / "test.npz"))
+    x = test.x.reshape(len(test.x), -1)[:SAMPLES]
+    names = [l.name for l in g.of_type(ir.FixedLIF)]
+    netx = run_netx(workdir / "net.net", names, payloads_for(g, x, T))
+    for backend in ("cpu", "lava"):
+        sim = simulate(g, backend, x, T)
+        for name in names:
+            ours, theirs = sim.result.spikes[name], netx[name]
+            assert ours.shape == theirs.shape == (SAMPLES, T + 2, g.node(name).size)
+            assert ours.sum() > 0, name
+            mismatched = int((ours != theirs).sum())
+            assert mismatched == 0, f"{backend} vs netx, layer {name}: {mismatched} spikes differ"
+
+
+def test_export_refuses_default_quantization(workdir):
+    r = run_cli("convert", "model.onnx", "--calib", "calib.npz", "--reset", "zero", "-o", "net-zero.sfg",
+                cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("export", "net-zero.sfg", "--to", "netx", "-o", "bad.net", cwd=workdir)
+    assert r.returncode == 2 and not (workdir / "bad.net").exists()
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "weight_exp" in err and "convert --target netx" in err
+    r = run_cli("convert", "model.onnx", "--calib", "calib.npz", "--target", "netx", "--reset", "subtract",
+                "-o", "x.sfg", cwd=workdir)
+    assert r.returncode == 2 and "--reset subtract" in r.stderr and not (workdir / "x.sfg").exists()
+
+
+def _netx_ready(graph: ir.Graph) -> ir.Graph:
+    """A random graph re-written to netx's rules (exponent 0, bias multiple of 64)."""
+    nodes = []
+    for n in graph.nodes:
+        if isinstance(n, ir.FixedAffine):
+            n = n.replace(weight_exp=0)
+        elif isinstance(n, ir.FixedLIF):
+            n = n.replace(bias_exp=6)
+        nodes.append(n)
+    return graph.with_nodes(nodes)
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda g: g, "reset='subtract'"),
+    (lambda g: g.with_nodes([n.replace(reset="zero", bias_exp=5) if isinstance(n, ir.FixedLIF) else n
+                             for n in g.nodes]), "multiple of 64"),
+    (lambda g: g.with_nodes([n.replace(reset="zero", refractory=2) if isinstance(n, ir.FixedLIF) else n
+                             for n in g.nodes]), "refractory=2"),
+])
+def test_export_refuses_by_name(tmp_path, change, needle):
+    g = change(_netx_ready(random_fixed_graph([6, 5, 3], seed=1, reset="subtract")))
+    with pytest.raises(UnsupportedError, match=needle) as info:
+        export_netx(g, tmp_path / "x.net")
+    assert "node 'lif1'" in str(info.value) and not (tmp_path / "x.net").exists()
+
+
+def test_export_refuses_recurrence_and_stochastic(tmp_path):
+    g = _netx_ready(random_fixed_graph([6, 5, 3], seed=1, reset="zero", recurrent=True))
+    with pytest.raises(UnsupportedError, match="feedforward chains"):
+        export_netx(g, tmp_path / "x.net")
+    g = _netx_ready(random_fixed_graph([6, 5, 3], seed=1, reset="zero"))
+    nodes = [ir.FixedStochastic(n.name, n.size, vth=n.vth, bias_mant=n.bias_mant, bias_exp=6)
+             if n.name == "lif1" else n for n in g.nodes]
+    with pytest.raises(UnsupportedError, match="node 'lif1' .*stochastic"):
+        export_netx(g.with_nodes(nodes), tmp_path / "x.net")
