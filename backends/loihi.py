@@ -102,6 +102,16 @@ STOCK_LIF = "Loihi 2's stock CUBA LIF"
 SIMULATION_ONLY = "simulation only: use --backend cpu|brian2|lava"
 
 
+#: What Loihi 2 runs natively that comes nearest to each feature it lacks (by parameter).
+NEAREST: dict[str, str] = {
+    "stochastic": "IF neurons, convert --neuron if",
+    "reset": "reset to zero, convert --reset zero",
+    "v_rest": "a LIF decaying toward 0 (v_rest = 0; NIR v_leak = 0)",
+    "leak": "the multiplicative decay dv instead of a subtractive leak",
+    "refractory": "no refractory period (refractory = 0)",
+}
+
+
 def check_loihi2(graph: ir.Graph) -> list[str]:
     """Every reason ``graph`` cannot run on Loihi 2 through this backend, one line each
     naming the node, the parameter and the rule ([] if it fits). Needs neither Lava nor
@@ -129,9 +139,11 @@ def check_loihi2(graph: ir.Graph) -> list[str]:
                             f"graphs only (spikeforge convert first)")
         elif isinstance(node, ir.FixedStochastic):
             problems.append(f"{node.where()}: stochastic neurons have no Loihi 2 process "
-                            f"model here ({SIMULATION_ONLY})")
+                            f"model here ({SIMULATION_ONLY}; nearest supported: "
+                            f"{NEAREST['stochastic']})")
         elif isinstance(node, ir.FixedLIF):
-            problems += [f"{node.where()} {param}: {STOCK_LIF} {rule}"
+            problems += [f"{node.where()} {param}: {STOCK_LIF} {rule} (nearest supported: "
+                         f"{NEAREST[param.split('=')[0]]})"
                          for param, rule in stock_lif_gaps(node)]
     if graph.is_fixed():
         try:

@@ -1,4 +1,5 @@
-"""The ``spikeforge`` command line: train, convert, export, simulate, verify, analyze, check, hardware."""
+"""The ``spikeforge`` command line: train, convert, export, simulate, verify, analyze, check, inspect,
+deploy, report, hardware."""
 
 from __future__ import annotations
 
@@ -344,6 +345,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from spikeforge.mapping import estimate, format_table
+
+    snn, _ = _graphs(args.graph)
+    est = estimate(snn)
+    print(json.dumps({"graph": args.graph, **est.as_json()}) if args.json else
+          f"{args.graph}: Loihi 2 mapping estimate\n{format_table(est)}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from spikeforge.deploy import run_cli
+
+    with _naming(args.graph):
+        code, out, err = run_cli(args.graph, args.target, args.data, args.timesteps, args.limit, args.json)
+    if out:
+        print(out)
+    if err:
+        print(f"spikeforge: error: {err}", file=sys.stderr)
+    return code
+
+
 def cmd_hardware(args: argparse.Namespace) -> int:
     from spikeforge.backends.loihi import hardware_status
 
@@ -448,6 +471,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--target", choices=("loihi2",), default="loihi2")
     k.add_argument("--json", action="store_true")
     k.set_defaults(fn=cmd_check)
+
+    i = sub.add_parser("inspect", help="per layer: neurons, synapses, fan-in/out, weight bits; Loihi 2 cores and chips")
+    i.add_argument("graph")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_inspect)
+
+    d = sub.add_parser("deploy", help="run on Loihi 2 (loihi2) or its bit-accurate simulation (lava-sim), "
+                                      "after checking the fit")
+    d.add_argument("graph")
+    d.add_argument("--target", choices=("loihi2", "lava-sim"), required=True)
+    d.add_argument("--data", default="digits")
+    d.add_argument("--timesteps", type=_positive, default=32)
+    d.add_argument("--limit", type=_positive, default=50, help="samples run (default 50)")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(fn=cmd_deploy)
 
     h = sub.add_parser("hardware", help="is Loihi 2 hardware (lava-loihi and a board) available?")
     h.add_argument("--json", action="store_true")
