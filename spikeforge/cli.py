@@ -337,6 +337,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from spikeforge.report import build
+
+    snn, ann = _graphs(args.graph)
+    if ann is None:
+        raise SpikeforgeError(f"{args.graph}: no source ANN stored in the file (convert writes one)")
+    x, y = _samples(snn, args.data, args.limit)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise SpikeforgeError(f"-o {out}: expected a folder, found a file")
+    check_output(out / "index.html") if out.is_dir() else check_output(out)
+    with _naming(args.graph):
+        res = build(snn, ann, x, y, args.timesteps, out, args.encoding, args.seed, args.sample, args.graph)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"wrote {out / 'index.html'} and {len(res['images'])} figures: accuracy {100 * res['accuracy']:.2f}% "
+          f"(ANN {100 * res['ann_accuracy']:.2f}%) on {res['samples']} samples, T={res['timesteps']}; T99 = {res['t99']}; "
+          f"{res['synops_per_inference']:.0f} synaptic ops vs {res['ann_macs_per_inference']} ANN MACs per inference")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from spikeforge.backends.loihi import check_file
 
@@ -465,6 +487,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true")
     a.add_argument("-o", "--output", required=True, help="folder for analysis.png (created in an existing folder)")
     a.set_defaults(fn=cmd_analyze)
+
+    r = sub.add_parser("report", help="PNG figures and index.html: rasters, membrane traces, ANN vs SNN, "
+                                      "accuracy vs T, synaptic ops and an energy estimate")
+    r.add_argument("graph")
+    r.add_argument("--data", required=True)
+    r.add_argument("--timesteps", type=_positive, default=32)
+    r.add_argument("--limit", type=_positive, default=200, help="samples (default 200)")
+    r.add_argument("--encoding", choices=("current", "rate"), default="current")
+    r.add_argument("--seed", type=_seed, default=0)
+    r.add_argument("--sample", type=int, default=0, help="the sample shown in the raster and traces")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("-o", "--output", required=True, help="folder for index.html and the PNGs (created in an existing folder)")
+    r.set_defaults(fn=cmd_report)
 
     k = sub.add_parser("check", help="does a graph fit a chip? lists every violation (exit 1 if any)")
     k.add_argument("graph")
