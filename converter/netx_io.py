@@ -63,25 +63,7 @@ def _synapse_source(graph: ir.Graph, syn: str) -> ir.Node:
     return graph.node(graph.source_through_flatten(graph.predecessors(syn)[0]))
 
 
-def _fixed_affine(node: ir.Affine, wq: np.ndarray) -> ir.Node:
-    return ir.FixedAffine(node.name, wq, 0)
-
-
-def _fixed_conv(node: ir.Node, wq: np.ndarray) -> ir.Node:
-    return ir.FixedConv2d(node.name, node.input_shape, node.stride, node.padding, node.dilation,
-                          node.groups, weight=wq, weight_exp=0)
-
-
-def _per_neuron_bias(node: ir.Node, size: int) -> np.ndarray:
-    """A synapse node's bias per target neuron: Affine per output, Conv2d per channel."""
-    b = np.asarray(node.bias, dtype=np.float64)
-    return b if b.size == size else np.repeat(b, size // b.size)
-
-
-#: Float synapse node type -> its fixed-point twin with exponent 0, given the integer weights.
-QUANTIZE_SYNAPSE = ir.Registry("netx quantization")
-QUANTIZE_SYNAPSE.register(ir.Affine)(_fixed_affine)
-QUANTIZE_SYNAPSE.register(ir.Conv2d)(_fixed_conv)
+#: Float synapse node types quantize_netx takes (their fixed twins: passes.FIXED_SYNAPSE).
 QUANTIZE_SYNAPSE_TYPES: tuple[type, ...] = (ir.Affine, ir.Conv2d)
 
 
@@ -101,6 +83,8 @@ def quantize_netx(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
     The per-layer choices are stored in metadata["netx"]; metadata["quantization"] holds
     the rows ``spikeforge convert`` prints.
     """
+    from spikeforge.converter.passes import FIXED_SYNAPSE, _neuron_bias
+
     payload_max = 2**payload_bits - 1
     new: dict[str, ir.Node] = {}
     rows: list[NetxLayer] = []
@@ -126,7 +110,7 @@ def quantize_netx(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
         gain = node.r / node.tau if isinstance(node, ir.LIF) and math.isfinite(node.tau) else \
             (node.r if isinstance(node, ir.LIF) else 1.0)
         W = np.asarray(syn.weight, dtype=np.float64) * s * gain / node.v_threshold
-        b = _per_neuron_bias(syn, node.size) * gain / node.v_threshold
+        b = _neuron_bias(syn) * gain / node.v_threshold
         m = float(np.abs(W).max(initial=0.0))
         mb = float(np.abs(b).max(initial=0.0))
         in_max = payload_max if isinstance(src, ir.Input) else 1
@@ -140,7 +124,7 @@ def quantize_netx(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
         clipped = int((np.abs(wq) > W_MAX).sum())
         wq = np.clip(wq, -W_MAX, W_MAX).astype(np.int64)
         zeroed = int(((wq == 0) & (np.asarray(syn.weight) != 0)).sum())
-        new[syn.name] = QUANTIZE_SYNAPSE.lookup(syn)(syn, wq)
+        new[syn.name] = FIXED_SYNAPSE.lookup(syn)(syn, wq, 0)
         bias = np.rint(b * vth)
         lo, hi = ir.BITS["bias_mant"].lo, ir.BITS["bias_mant"].hi
         sat = int(((bias < lo) | (bias > hi)).sum())
@@ -201,19 +185,22 @@ def netx_changes(default: ir.Graph, netx: ir.Graph) -> list[NetxChange]:
 def convert_netx(ann: ir.Graph, calib_x: np.ndarray, normalization: str = "percentile",
                  percentile: float = 99.9, payload_bits: int = 8,
                  default_reset: str = "subtract") -> tuple[ir.Graph, list[NetxChange]]:
-    """normalize -> relu_to_if(reset zero) -> quantize_netx, and the changes against the
-    default conversion (normalize -> relu_to_if(default_reset) -> quantize)."""
-    from spikeforge.converter.passes import normalize, quantize, relu_to_if
+    """fold_linear -> normalize -> relu_to_if(reset zero) -> quantize_netx, and the changes
+    against the default conversion (passes.convert with ``default_reset``)."""
+    from spikeforge.converter.fold import fold_linear
+    from spikeforge.converter.passes import convert, normalize, relu_to_if, run_pipeline
 
+    default = convert(ann, calib_x, default_reset, normalization, percentile, payload_bits)
     if not ann.of_type(ir.ReLU):
         float_graph = ann
-        default = quantize(ann, payload_bits)
     else:
-        norm = normalize(ann, calib_x, normalization, percentile)
-        float_graph = relu_to_if(norm, "zero")
-        default = quantize(relu_to_if(norm, default_reset), payload_bits)
-    g = quantize_netx(float_graph, payload_bits).with_metadata(reset="zero", neuron="if",
-                                                               target="netx")
+        float_graph = run_pipeline(ann, [
+            ("fold_linear", fold_linear),
+            ("normalize", lambda g: normalize(g, calib_x, normalization, percentile)),
+            ("relu_to_if", lambda g: relu_to_if(g, "zero")),
+        ])
+    g = run_pipeline(float_graph, [("quantize_netx", lambda g: quantize_netx(g, payload_bits))])
+    g = g.with_metadata(reset="zero", neuron="if", target="netx")
     return g, netx_changes(default, g)
 
 
@@ -418,7 +405,10 @@ def _run_netx(path: str, payloads: np.ndarray, on_error: Callable | None = None,
     deadline = None if timeout is None else (time.monotonic() + timeout, timeout)
     net = netx.hdf5.Network(net_config=str(path), input_message_bits=8)
     src = RingBuffer(data=np.ascontiguousarray(payloads.reshape(batch * steps, n_in).T))
-    src.s_out.connect(net.inp)
+    port = src.s_out
+    if len(net.inp.shape) == 3:  # a conv input: netx's (x, y, z) = (W, H, C) from (C, H, W) rows
+        port = port.reshape(tuple(net.inp.shape[::-1])).transpose([2, 1, 0])
+    port.connect(net.inp)
     recorders = []
     for block in net.layers:
         port = block.neuron.s_out
@@ -433,7 +423,9 @@ def _run_netx(path: str, payloads: np.ndarray, on_error: Callable | None = None,
         for b in range(batch):
             if b:
                 for block in net.layers:
-                    for var in (block.neuron.u, block.neuron.v, block.synapse.a_buff):
+                    syn = block.synapse
+                    buf = syn.a_buff if hasattr(syn, "a_buff") else syn.a_buf  # Dense | Conv
+                    for var in (block.neuron.u, block.neuron.v, buf):
                         var.set(np.zeros(var.shape, np.int32))
             _run_watched(src, steps, cfg, deadline)
         return [_unpack(rec.data.get(), batch, steps) for rec in recorders]

@@ -57,13 +57,13 @@ def _dense_cost(node: ir.FixedAffine) -> SynapseCost:
 
 def _conv_cost(node: ir.FixedConv2d) -> SynapseCost:
     c_out, c_in_g, kh, kw = node.weight.shape
-    _, h, w = node.out_shape
     sh, sw = node.stride
     taps = c_in_g * kh * kw
     # each input reaches every kernel position that covers it: up to ceil(k / stride) per axis
     fan_out = (c_out // node.groups) * math.ceil(kh / sh) * math.ceil(kw / sw)
-    nonzero_per_out_channel = np.count_nonzero(node.weight.reshape(c_out, -1), axis=1)
-    return SynapseCost(taps, fan_out, int(nonzero_per_out_channel.sum()) * h * w, int(node.weight.size))
+    from spikeforge.conv import synapse_count
+
+    return SynapseCost(taps, fan_out, synapse_count(node.weight, node.geometry), int(node.weight.size))
 
 
 #: Synapse node type -> its cost. Conv is one entry beside dense.

@@ -125,3 +125,32 @@ def test_export_refuses_recurrence_and_stochastic(tmp_path):
              if n.name == "lif1" else n for n in g.nodes]
     with pytest.raises(UnsupportedError, match="node 'lif1' .*stochastic"):
         export_netx(g.with_nodes(nodes), tmp_path / "x.net")
+
+
+def test_netx_conv_export_spike_identical_to_cpu(tmp_path):
+    """Conv layers (padding, stride 2) and flatten through netx's Conv blocks: the (C, H, W)
+    layout against netx's (x, y, z), kernel orientation and per-neuron biases."""
+    from spikeforge.converter.netx_io import convert_netx
+
+    rng = np.random.default_rng(0)
+    nodes = [ir.Input("in", (2, 8, 8)),
+             ir.Conv2d("conv1", (2, 8, 8), (1, 1), (1, 1), weight=rng.normal(0, 0.3, (4, 2, 3, 3)),
+                       bias=rng.normal(0, 0.05, 4)),
+             ir.ReLU("relu1", 256, shape=(4, 8, 8)),
+             ir.Conv2d("conv2", (4, 8, 8), (2, 2), (0, 0), weight=rng.normal(0, 0.3, (3, 4, 3, 3)),
+                       bias=rng.normal(0, 0.05, 3)),
+             ir.ReLU("relu2", 27, shape=(3, 3, 3)),
+             ir.Flatten("flat", (3, 3, 3)),
+             ir.Affine("fc", rng.normal(0, 0.3, (5, 27)), rng.normal(0, 0.05, 5)),
+             ir.Output("out", (5,))]
+    edges = [("in", "conv1"), ("conv1", "relu1"), ("relu1", "conv2"), ("conv2", "relu2"),
+             ("relu2", "flat"), ("flat", "fc"), ("fc", "out")]
+    x = rng.random((30, 128))
+    g, _ = convert_netx(ir.Graph(tuple(nodes), tuple(edges)), x)
+    names = export_netx(g, tmp_path / "conv.net")
+    assert names == ["relu1", "relu2", "readout"]
+    sim = simulate(g, "cpu", x[:4], 16)
+    netx = run_netx(tmp_path / "conv.net", names, payloads_for(g, x[:4], 16))
+    for name in names:
+        assert sim.result.spikes[name].sum() > 0, name
+        assert (sim.result.spikes[name] == netx[name]).all(), name
