@@ -30,10 +30,8 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("netx")
-    r = run_cli("train", "--arch", "mlp", "--hidden", "64", "--epochs", "40", "-o", "model.onnx", cwd=d)
-    assert r.returncode == 0, r.stderr
+def workdir(tmp_path_factory, copy_demo) -> Path:
+    d = copy_demo(tmp_path_factory.mktemp("netx"))
     r = run_cli("convert", "model.onnx", "--calib", "calib.npz", "--target", "netx", "--json",
                 "-o", "net-netx.sfg", cwd=d)
     assert r.returncode == 0, r.stderr

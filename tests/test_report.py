@@ -47,10 +47,8 @@ def assert_valid_png(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("report")
-    r = run_cli("train", "--arch", "mlp", "--hidden", "64", "--epochs", "40", "-o", "model.onnx", cwd=d)
-    assert r.returncode == 0, r.stderr
+def workdir(tmp_path_factory, copy_demo) -> Path:
+    d = copy_demo(tmp_path_factory.mktemp("report"))
     r = run_cli("convert", "model.onnx", "--calib", "calib.npz", "-o", "net.sfg", cwd=d)
     assert r.returncode == 0, r.stderr
     return d
