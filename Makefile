@@ -46,6 +46,12 @@ demo: $(STAMP)
 	$(SF) verify $(OUT)/net-zero.sfg --backends cpu,lava,brian2 --data $(OUT)/test.npz --timesteps $(T) --limit 20
 	$(SF) analyze $(OUT)/net.sfg --data $(OUT)/test.npz --timesteps $(T) -o $(OUT)/report
 	$(SF) check $(OUT)/net-zero.sfg --target loihi2
+	$(SF) inspect $(OUT)/net-zero.sfg
+	$(SF) deploy $(OUT)/net-zero.sfg --target lava-sim --data $(OUT)/test.npz --timesteps $(T) --limit 20
+	$(SF) deploy $(OUT)/net-zero.sfg --target loihi2 --data $(OUT)/test.npz || echo "(expected here: no Loihi 2 hardware)"
+	$(SF) convert $(OUT)/model.onnx --calib $(OUT)/calib.npz --target netx -o $(OUT)/net-netx.sfg
+	$(SF) export $(OUT)/net-netx.sfg --to netx -o $(OUT)/net.net
+	$(SF) report $(OUT)/net.sfg --data $(OUT)/test.npz --timesteps $(T) -o $(OUT)/html
 	$(SF) train --arch recurrent --hidden 96 64 -o $(OUT)/recurrent.sfg
 	$(SF) convert $(OUT)/recurrent.sfg --calib $(OUT)/calib.npz -o $(OUT)/net-recurrent.sfg
 	$(SF) simulate $(OUT)/net-recurrent.sfg --backend cpu --data $(OUT)/test.npz --timesteps $(T)
