@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	echo "installing lava-dl's netx (lava-dl 0.6.0 pins torch<2.4: --no-deps, plus only what netx imports)"; \
 	"$(PY)" -m pip install --quiet --progress-bar off --no-deps $(NETX_NODEPS); \
 	"$(PY)" -m pip install --quiet --progress-bar off $(NETX_DEPS); \
-	"$(PY)" -c 'from lava.lib.dl import netx; import numpy, torch; assert numpy.__version__ < "2", numpy.__version__'; \
+	"$(PY)" -c 'from lava.lib.dl import netx; import numpy, torch; assert numpy.__version__ < "2", numpy.__version__' >/dev/null; \
 	touch "$(STAMP)"
 
 demo: $(STAMP)
