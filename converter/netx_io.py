@@ -32,16 +32,16 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from spikeforge import ir
+from spikeforge import fixedpoint, ir
 from spikeforge.errors import SpikeforgeError, UnsupportedError
 from spikeforge.fileio import atomic_path
 
 #: netx's fixed bias exponent: bias_mant << 6 state units.
 NETX_BIAS_EXP = 6
 #: Symmetric 8-bit mantissas, as the default quantization uses.
-W_MAX = 127
+W_MAX = fixedpoint.W_MAX
 #: Largest worst-case synaptic input |a| per step for which a << 6 fits the 24-bit current u.
-U_MAX = (2**23 - 1) >> 6
+U_MAX = (fixedpoint.STATE_MAX - 1) >> fixedpoint.ACT_SHIFT
 ADVICE = "convert --target netx"
 
 
@@ -51,7 +51,7 @@ class NetxLayer(NamedTuple):
 
     layer: str
     neurons: int
-    synapses: int  # non-zero quantized weights into the layer
+    synapses: int  # non-zero connections into the layer (passes.synapse_count)
     vth: int
     clipped_weights: int
     zeroed_weights: int  # non-zero float weights that round to 0
@@ -83,7 +83,7 @@ def quantize_netx(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
     The per-layer choices are stored in metadata["netx"]; metadata["quantization"] holds
     the rows ``spikeforge convert`` prints.
     """
-    from spikeforge.converter.passes import FIXED_SYNAPSE, _neuron_bias
+    from spikeforge.converter.passes import FIXED_SYNAPSE, _neuron_bias, synapse_count
 
     payload_max = 2**payload_bits - 1
     new: dict[str, ir.Node] = {}
@@ -135,7 +135,7 @@ def quantize_netx(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
         new[name] = ir.FixedLIF(name, node.size, shape=node.shape, vth=vth, du=4095, dv=dv,
                                 bias_mant=bias, bias_exp=NETX_BIAS_EXP, reset="zero")
         flat = np.abs(wq).reshape(wq.shape[0], -1)
-        rows.append(NetxLayer(name, node.size, int((wq != 0).sum()), vth, clipped, zeroed, sat,
+        rows.append(NetxLayer(name, node.size, synapse_count(new[syn.name]), vth, clipped, zeroed, sat,
                               int(flat.sum(axis=1).max(initial=0)) * in_max))
     out = graph.with_nodes([new.get(n.name, n) for n in graph.nodes])
     quant = [{"layer": r.layer, "neurons": r.neurons, "synapses": r.synapses, "weight_exp": [0],
