@@ -186,7 +186,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from spikeforge.converter.nir_io import save_nir
 
-    if args.to == "netx":
+    if args.to == "netx" or (args.to is None and Path(args.output).suffix.lower() == ".net"):
         from spikeforge.converter.netx_io import export_netx
 
         out = check_output(args.output, ".net")
@@ -452,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write a graph file's spiking network to NIR or lava-dl netx HDF5")
     e.add_argument("graph")
-    e.add_argument("--to", choices=("nir", "netx"), default="nir", help="nir (.nir) or netx (.net, HDF5)")
+    e.add_argument("--to", choices=("nir", "netx"), default=None,
+                   help="nir (.nir) or netx (lava-dl's HDF5, .net); default: from the output's suffix")
     e.add_argument("--dt", type=float, default=1.0, help="seconds per simulation step (recorded in the file)")
     e.add_argument("--target", choices=("nir", "snntorch"), default="nir",
                    help="nir: IF as NIR's IF (Norse, Sinabs); snntorch: IF as LIF with beta = 1 at dt = 1e-4 s, "
