@@ -112,10 +112,11 @@ NEAREST: dict[str, str] = {
 }
 
 
-def check_loihi2(graph: ir.Graph) -> list[str]:
+def check_loihi2(graph: ir.Graph, advice: bool = False) -> list[str]:
     """Every reason ``graph`` cannot run on Loihi 2 through this backend, one line each
-    naming the node, the parameter and the rule ([] if it fits). Needs neither Lava nor
-    hardware. Rules:
+    naming the node, the parameter and the rule ([] if it fits); with ``advice``, each neuron
+    problem also names the nearest supported alternative (:data:`NEAREST`). Needs neither
+    Lava nor hardware. Rules:
 
     * every node is fixed-point (a quantized graph: ``spikeforge convert`` first);
     * every neuron is Loihi 2's stock CUBA LIF: reset to zero (or reset='value' with
@@ -138,12 +139,12 @@ def check_loihi2(graph: ir.Graph) -> list[str]:
             problems.append(f"{node.where()}: not a fixed-point node; Loihi 2 runs quantized "
                             f"graphs only (spikeforge convert first)")
         elif isinstance(node, ir.FixedStochastic):
+            hint = f"; nearest supported: {NEAREST['stochastic']}" if advice else ""
             problems.append(f"{node.where()}: stochastic neurons have no Loihi 2 process "
-                            f"model here ({SIMULATION_ONLY}; nearest supported: "
-                            f"{NEAREST['stochastic']})")
+                            f"model here ({SIMULATION_ONLY}{hint})")
         elif isinstance(node, ir.FixedLIF):
-            problems += [f"{node.where()} {param}: {STOCK_LIF} {rule} (nearest supported: "
-                         f"{NEAREST[param.split('=')[0]]})"
+            problems += [f"{node.where()} {param}: {STOCK_LIF} {rule}" +
+                         (f" (nearest supported: {NEAREST[param.split('=')[0]]})" if advice else "")
                          for param, rule in stock_lif_gaps(node)]
     if graph.is_fixed():
         try:

@@ -68,7 +68,7 @@ def preflight(graph: ir.Graph) -> MappingEstimate:
     est = estimate(graph)
     if not est.fits:
         raise DoesNotFit("graph does not fit Loihi 2: " + "; ".join(est.problems))
-    problems = check_loihi2(graph)
+    problems = check_loihi2(graph, advice=True)
     if problems:
         raise DoesNotFit("graph is not native to Loihi 2: " + "; ".join(problems))
     return est
