@@ -136,3 +136,38 @@ def test_bad_graph_files(tmp_path):
 def test_save_into_missing_folder_writes_nothing(tmp_path):
     with pytest.raises(SpikeforgeError, match="expected an existing folder"):
         graphio.save(tmp_path / "no" / "net.sfg", snn=mlp())
+
+
+class _CountingName(str):
+    """A node name that counts how often it is compared: name lookups are what a quadratic
+    validation does O(nodes x edges) times."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        _CountingName.comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_graph_validation_and_accessors_are_linear():
+    """A chain of 3,999 nodes: validating it and asking every node's neighbours costs O(nodes)
+    name comparisons (the quadratic version made ~30 million; benchmarks/graph_validation.py
+    times a 16,000-node chain)."""
+    n = 2000
+    w, b = np.ones((2, 2)), np.zeros(2)
+    nodes = [ir.Input(_CountingName("in"), (2,))]
+    edges, prev = [], "in"
+    for i in range(n - 1):
+        nodes += [ir.Affine(_CountingName(f"a{i}"), w, b), ir.ReLU(_CountingName(f"r{i}"), 2)]
+        edges += [(prev, f"a{i}"), (f"a{i}", f"r{i}")]
+        prev = f"r{i}"
+    nodes.append(ir.Output(_CountingName("out"), (2,)))
+    edges.append((prev, "out"))
+    _CountingName.comparisons = 0
+    g = ir.Graph(tuple(nodes), tuple(edges))
+    for node in g.nodes:
+        g.predecessors(node.name), g.successors(node.name), g.node(node.name)
+    g.topological_order()
+    assert _CountingName.comparisons < 50 * len(nodes), _CountingName.comparisons
