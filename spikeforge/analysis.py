@@ -84,3 +84,102 @@ def report(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, y: np.ndarray, timesteps
             "accuracy_vs_T": dict(zip(map(int, sweep), accs)),
             "layers": [{"layer": r.layer, "ann_rate": r.ann_rate, "snn_rate": r.snn_rate,
                         "mean_abs_error": r.mean_abs_error, "correlation": r.correlation} for r in rows]}
+
+
+# -- the check `convert` runs on what it made ------------------------------------------------
+class LayerCheck(NamedTuple):
+    """One spiking layer beside its ANN twin on the calibration data."""
+
+    layer: str
+    correlation: float  # Pearson r of ANN rate and SNN rate over samples x neurons (NaN if constant)
+    ann_rate: float
+    snn_rate: float
+    zeroed_fraction: float  # share of the layer's non-zero float weights that quantized to 0
+
+
+class ConversionCheck(NamedTuple):
+    """Top-1 agreement of SNN and ANN, per-layer rate correlation, and warnings naming layers."""
+
+    samples: int
+    timesteps: int
+    agreement: float  # fraction of samples where the SNN's top-1 class equals the ANN's
+    layers: tuple[LayerCheck, ...]
+    warnings: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN as None)."""
+        def num(v: float) -> float | None:
+            return v if np.isfinite(v) else None
+        return {"samples": self.samples, "timesteps": self.timesteps, "agreement": num(self.agreement),
+                "layers": [{**r._asdict(), "correlation": num(r.correlation), "ann_rate": num(r.ann_rate)}
+                           for r in self.layers],
+                "warnings": list(self.warnings)}
+
+
+#: Defaults of the conversion check: T, samples, and the limits below which it warns.
+CHECK_TIMESTEPS = 32
+CHECK_SAMPLES = 256
+MIN_AGREEMENT = 0.9
+MIN_CORRELATION = 0.8
+MAX_ZEROED = 0.5
+
+
+def twin_rates(snn: ir.Graph, ann: ir.Graph, x: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`ann_rates` plus the readout: a spiking layer with no ANN twin fed by the ANN's
+    affine map A stands for clip(A(x) / lambda_A, 0, 1)."""
+    from spikeforge.converter.ann import forward
+
+    out = ann_rates(snn, ann, x)
+    lam = snn.metadata.get("normalization", {}).get("lambda", {})
+    acts = None
+    for node in snn.of_type(*ir.FIXED_NEURONS):
+        preds = [p for p in snn.predecessors(node.name) if p in lam and p in ann.by_name]
+        if node.name not in out and node.name not in ann.by_name and len(preds) == 1:
+            acts = forward(ann, x) if acts is None else acts
+            out[node.name] = np.clip(acts[preds[0]] / lam[preds[0]], 0.0, 1.0)
+    return out
+
+
+def check_conversion(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, timesteps: int = CHECK_TIMESTEPS,
+                     samples: int = CHECK_SAMPLES, min_agreement: float = MIN_AGREEMENT,
+                     min_correlation: float = MIN_CORRELATION, max_zeroed: float = MAX_ZEROED) -> ConversionCheck:
+    """Run the SNN (cpu backend, ``timesteps`` T) beside the ANN on the first ``samples`` of x:
+
+        agreement = mean(argmax SNN readout == argmax ANN output)
+        r_l = corr(clip(a_l / lambda_l, 0, 1), spikes_l over its T input steps)   per layer l
+
+    and warn, naming the layer, when agreement < min_agreement, r_l < min_correlation (or the
+    SNN layer is constant where the ANN's is not), or more than ``max_zeroed`` of a layer's
+    non-zero weights quantized to 0 (see passes.LayerReport)."""
+    from spikeforge.converter.ann import predict
+    from spikeforge.converter.passes import layer_reports
+
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)[:samples]
+    sim = simulate(snn, "cpu", x, timesteps)
+    rates = window_rates(sim.result, lower(snn).delays, timesteps)
+    agreement = float((sim.predictions == predict(ann, x)).mean()) if len(x) else float("nan")
+    zeroed = {r.layer: r.zeroed_weights / max(r.zeroed_weights + r.synapses, 1) for r in layer_reports(snn)}
+    twins = twin_rates(snn, ann, x)
+    layers, warnings = [], []
+    if agreement < min_agreement:
+        warnings.append(f"top-1 agreement of SNN and ANN is {100 * agreement:.1f}% on {len(x)} calibration "
+                        f"samples at T={timesteps} (expected >= {100 * min_agreement:.0f}%)")
+    for node in snn.of_type(*ir.FIXED_NEURONS):
+        name = node.name
+        z = float(zeroed.get(name, 0.0))
+        a, s = twins.get(name), rates[name]
+        if a is None:
+            r, a_mean = float("nan"), float("nan")
+        else:
+            r = float(np.corrcoef(a.ravel(), s.ravel())[0, 1]) if a.std() > 0 and s.std() > 0 else float("nan")
+            a_mean = float(a.mean())
+            if a.std() > 0 and not r >= min_correlation:
+                found = f"r = {r:.3f}" if np.isfinite(r) else f"a constant SNN rate {float(s.mean()):.3f}"
+                warnings.append(f"layer '{name}': ANN and SNN rates disagree: expected correlation >= "
+                                f"{min_correlation}, found {found}")
+        if z > max_zeroed:
+            rep = next(rep for rep in layer_reports(snn) if rep.layer == name)
+            warnings.append(f"layer '{name}': {rep.zeroed_weights} of {rep.zeroed_weights + rep.synapses} "
+                            f"non-zero weights quantized to 0 (a shared exponent too coarse for most of them)")
+        layers.append(LayerCheck(name, r, a_mean, float(s.mean()), z))
+    return ConversionCheck(len(x), timesteps, agreement, tuple(layers), tuple(warnings))

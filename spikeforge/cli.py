@@ -44,6 +44,17 @@ def _seed(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -157,12 +168,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
                       percentile=args.percentile, neuron=args.neuron, seed=args.seed).with_metadata(source=str(model))
     resets = sorted({n.reset for n in snn.of_type(ir.FixedLIF)})
     reports = layer_reports(snn)
+    check = None
+    if not spiking_source and args.check_samples > 0:
+        from spikeforge.analysis import check_conversion
+
+        check = check_conversion(snn, ann, calib_x, args.check_timesteps, args.check_samples)
     graphio.save(out, snn=snn, ann=ann)
     if args.json:
         print(json.dumps({"output": str(out), "reset": resets[0] if len(resets) == 1 else resets,
                           "spiking_source": spiking_source, "target": args.target,
                           "layers": [r._asdict() for r in reports],
-                          **({"netx_changes": [c._asdict() for c in changes]} if changes is not None else {})}))
+                          **({"netx_changes": [c._asdict() for c in changes]} if changes is not None else {}),
+                          "check": check.as_dict() if check else None}))
         return 0
     print(f"converted {model} -> {out} ({calib_note}{', netx rules' if changes is not None else ''})")
     if changes is not None:
@@ -180,6 +197,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
             print(f"warning: layer '{r.layer}': worst-case input {r.max_input} << 6 can wrap the 24-bit current u")
         if r.clipped_weights or r.saturated_biases:
             print(f"warning: layer '{r.layer}': {r.clipped_weights} weights and {r.saturated_biases} biases saturated")
+    if check is not None:
+        print(f"check on {check.samples} calibration samples (cpu, T={check.timesteps}): top-1 agreement with "
+              f"the ANN {100 * check.agreement:.1f}%; rate correlation per layer: "
+              + ", ".join(f"{r.layer} {r.correlation:.3f}" for r in check.layers))
+        for w in check.warnings:
+            print(f"warning: {w}")
     return 0
 
 
@@ -446,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dt", default=None,
                    help="NIR input without a recorded time step: seconds per step, or a producer's convention: "
                         "snntorch (1e-4), norse (LIF dt**2 = 1e-6, IAF 1; norse:DT for another Norse dt), sinabs (1)")
+    c.add_argument("--check-samples", type=_count, default=256,
+                   help="calibration samples the converted network is checked on against the ANN (0: no check)")
+    c.add_argument("--check-timesteps", type=_positive, default=32, help="T of that check (cpu backend)")
     c.add_argument("--json", action="store_true")
     c.add_argument("-o", "--output", required=True)
     c.set_defaults(fn=cmd_convert)
