@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -77,3 +78,35 @@ def assert_identical(expected, got, check_v_final: bool = True) -> None:
                              f"{c.mismatched_spikes} differences")
     if check_v_final:
         np.testing.assert_array_equal(got.v_final, expected.v_final)
+
+
+def rewrite_graph_file(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                       edit: Callable[[dict], object] | None = None,
+                       members: Mapping[str, bytes | None] | None = None, sign: bool = True) -> None:
+    """Copy the graph file ``src`` to ``dst`` with graph.json edited by ``edit(doc)``
+    and members replaced (name -> bytes; None drops it); with ``sign`` the content hashes are
+    recomputed, so that the edit reaches the decoder's checks instead of the hash check."""
+    import hashlib
+    import json
+    import zipfile
+
+    from spikeforge import graphio
+
+    with zipfile.ZipFile(src) as zin:
+        contents = {name: zin.read(name) for name in zin.namelist()}
+    doc = json.loads(contents.pop("graph.json"))
+    for name, data in (members or {}).items():
+        if data is None:
+            contents.pop(name, None)
+        else:
+            contents[name] = data
+    if edit is not None:  # edits doc in place, or returns a whole new document
+        new = edit(doc)
+        doc = doc if new is None else new
+    if sign and isinstance(doc, dict):
+        doc["members"] = {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in contents.items()}
+        doc["sha256"] = graphio._digest(doc)
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        zout.writestr("graph.json", json.dumps(doc))
+        for name, data in contents.items():
+            zout.writestr(name, data)

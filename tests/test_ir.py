@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import re
-import zipfile
 
 import numpy as np
 import pytest
 
 from spikeforge import graphio, ir
 from spikeforge.errors import GraphError, SpikeforgeError
-from spikeforge.testing import random_fixed_graph
+from spikeforge.testing import random_fixed_graph, rewrite_graph_file
 
 
 def mlp(n_in=4, n_hidden=3, n_out=2) -> ir.Graph:
@@ -119,16 +119,17 @@ def test_bad_graph_files(tmp_path):
     g = random_fixed_graph([3, 2])
     good = tmp_path / "good.sfg"
     graphio.save(good, snn=g)
+    buf = io.BytesIO()
+    np.save(buf, np.full((2, 3), 300, np.int64))
+    # edited by hand: refused by its content hash
+    edited = tmp_path / "edited.sfg"
+    rewrite_graph_file(good, edited, members={"snn/fc1/weight.npy": buf.getvalue()}, sign=False)
+    with pytest.raises(SpikeforgeError, match=r"edited.sfg: node 'fc1' field 'weight': array 'snn/fc1/weight' "
+                                              r"does not match its sha256"):
+        graphio.load(edited)
+    # the same edit with matching hashes: refused by the range check
     bad = tmp_path / "bad.sfg"
-    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
-        for item in zin.namelist():
-            data = zin.read(item)
-            if item == "snn/fc1/weight.npy":
-                import io
-                buf = io.BytesIO()
-                np.save(buf, np.full((2, 3), 300, np.int64))
-                data = buf.getvalue()
-            zout.writestr(item, data)
+    rewrite_graph_file(good, bad, members={"snn/fc1/weight.npy": buf.getvalue()})
     with pytest.raises(SpikeforgeError, match=r"bad.sfg: graph 'snn': node 'fc1' \(FixedAffine\) weight: expected signed 8-bit"):
         graphio.load(bad)
 
