@@ -13,6 +13,7 @@ import ast
 import gzip
 import io
 import math
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -21,16 +22,37 @@ import numpy as np
 
 from spikeforge.errors import SpikeforgeError
 
-#: Largest number of bytes read from one file after decompression (all members together).
+#: Largest number of bytes read from one file after decompression (all members together);
+#: the environment variable SPIKEFORGE_MAX_BYTES sets another limit.
 MAX_BYTES = 2**30
+LIMIT_VARIABLE = "SPIKEFORGE_MAX_BYTES"
 #: Largest .npy header (numpy itself writes at most a few hundred bytes).
 MAX_NPY_HEADER = 2**16
-#: Array dtypes a file may hold: integers and floats (no bool, complex, strings, objects).
-NUMERIC_KINDS = "iuf"
+#: Array dtypes a file may hold: booleans, integers and floats (no complex, strings, objects).
+NUMERIC_KINDS = "biuf"
 
 #: What a damaged archive or stream raises while it is read.
 CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError,
            ValueError, gzip.BadGzipFile)
+
+
+def max_bytes() -> int:
+    """The limit in force: $SPIKEFORGE_MAX_BYTES if set (a positive integer), else MAX_BYTES."""
+    text = os.environ.get(LIMIT_VARIABLE)
+    if text is None:
+        return MAX_BYTES
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SpikeforgeError(f"${LIMIT_VARIABLE}: expected a positive number of bytes, found {text!r}")
+    return value
+
+
+def limit_note(limit: int) -> str:
+    """How a message states the limit and how to raise it."""
+    return f"the limit of {limit} bytes (raise it with ${LIMIT_VARIABLE})"
 
 
 def _message(exc: BaseException) -> str:
@@ -41,8 +63,9 @@ def _message(exc: BaseException) -> str:
 class Archive:
     """A zip file opened for bounded reads; ``error`` is the SpikeforgeError type to raise."""
 
-    def __init__(self, path: Path, error: type[SpikeforgeError], limit: int = MAX_BYTES) -> None:
-        self.path, self.error, self.limit, self.used = path, error, limit, 0
+    def __init__(self, path: Path, error: type[SpikeforgeError], limit: int | None = None) -> None:
+        self.path, self.error, self.used = path, error, 0
+        self.limit = max_bytes() if limit is None else limit
         try:
             self.zf = zipfile.ZipFile(path)
             self.infos = {i.filename: i for i in self.zf.infolist()}
@@ -67,8 +90,8 @@ class Archive:
         size = info.file_size
         cap = min(self.limit - self.used, max_bytes if max_bytes is not None else self.limit)
         if size > cap:
-            raise self.error(f"{self.path}: member '{name}' declares {size} bytes, beyond the limit of "
-                             f"{cap} bytes (spikeforge.archive.MAX_BYTES = {self.limit} per file)")
+            raise self.error(f"{self.path}: member '{name}' declares {size} bytes, beyond "
+                             f"{limit_note(cap)}")
         try:
             with self.zf.open(info) as fh:
                 data = fh.read(size + 1)
@@ -109,7 +132,7 @@ def parse_npy(data: bytes, where: str, error: type[SpikeforgeError]) -> np.ndarr
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError) as exc:
         raise error(f"{where}: expected an .npy array, found a garbled header ({_message(exc)})") from None
     if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-        raise error(f"{where}: expected a numeric array (int or float), found dtype {dtype}")
+        raise error(f"{where}: expected a numeric array (bool, int or float), found dtype {dtype}")
     need = math.prod(shape) * dtype.itemsize
     have = len(data) - fh.tell()
     if need != have:

@@ -8,17 +8,16 @@ expected and what was found. This module does not import torch.
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import struct
 import zipfile
-import zlib
 from pathlib import Path
 from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 
+from spikeforge.archive import Archive, gunzip, limit_note, max_bytes, parse_npy
 from spikeforge.errors import DataError
 from spikeforge.fileio import atomic_path
 
@@ -155,26 +154,28 @@ def make_spike_dataset(spikes: np.ndarray, y: np.ndarray, name: str, where: str 
 def load_npz(path: PathLike, labels: bool = True) -> Dataset:
     """An .npz with arrays ``x`` (n, ...) floats in [0, 1] or uint8 0..255 and ``y`` (n,) int labels,
     or with recorded binary input ``spikes`` (n, T, inputs) and ``y`` (``labels=False``: ``y``
-    may be absent from an ``x`` file, e.g. calibration data; it is then all zeros)."""
+    may be absent from an ``x`` file, e.g. calibration data; it is then all zeros).
+
+    Read through spikeforge.archive: only the arrays used are decompressed, each no further
+    than its declared size, their .npy headers checked against it before anything is
+    allocated, all within archive.max_bytes()."""
     path = Path(path)
     _check_file(path)
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: expected an .npz (zip) archive, found another file type")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.files)
-            if "spikes" in keys and "y" in keys:
-                return make_spike_dataset(archive["spikes"], archive["y"], path.stem, str(path))
-            for key in ("x", "y") if labels else ("x",):
-                if key not in keys:
-                    raise DataError(f"{path}: expected arrays 'x' and 'y', missing '{key}' (found {keys})")
-            x = archive["x"]
-            y = archive["y"] if "y" in keys else np.zeros(len(x) if x.ndim else 0, np.int64)
-    except DataError:
-        raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: expected a readable .npz of numeric arrays, found error: {msg}") from None
+    with Archive(path, DataError) as archive:
+        keys = [n[:-4] for n in archive.names() if n.endswith(".npy")]
+
+        def array(key: str) -> np.ndarray:
+            return parse_npy(archive.read(key + ".npy"), f"{path}: array '{key}'", DataError)
+
+        if "spikes" in keys and "y" in keys:
+            return make_spike_dataset(array("spikes"), array("y"), path.stem, str(path))
+        for key in ("x", "y") if labels else ("x",):
+            if key not in keys:
+                raise DataError(f"{path}: expected arrays 'x' and 'y', missing '{key}' (found {keys})")
+        x = array("x")
+        y = array("y") if "y" in keys else np.zeros(len(x) if x.ndim else 0, np.int64)
     return make_dataset(x, y, path.stem, str(path))
 
 
@@ -194,35 +195,44 @@ IDX_DTYPES: dict[int, str] = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4"
 
 def read_idx(path: PathLike) -> np.ndarray:
     """Parse one IDX file (raw or gzip): magic = 0x00 0x00 type ndim; ndim big-endian uint32
-    dims; then prod(dims) big-endian items."""
+    dims; then prod(dims) big-endian items. A gzip stream is decompressed no further than the
+    header declares (and at most archive.max_bytes())."""
     path = Path(path)
     _check_file(path)
+    limit = max_bytes()
+    if path.stat().st_size > limit:
+        raise DataError(f"{path}: {path.stat().st_size} bytes, beyond {limit_note(limit)}")
     raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: expected a complete gzip stream, found {type(exc).__name__}: {exc}") from None
-    if len(raw) < 4:
-        raise DataError(f"{path}: truncated IDX file: expected a 4-byte magic number, found {len(raw)} bytes")
-    zero, code, ndim = struct.unpack(">HBB", raw[:4])
+    zipped = raw[:2] == b"\x1f\x8b"
+
+    def head(n: int) -> bytes:
+        return gunzip(raw, str(path), DataError, n) if zipped else raw[:n]
+
+    magic = head(4)
+    if len(magic) < 4:
+        raise DataError(f"{path}: truncated IDX file: expected a 4-byte magic number, found {len(magic)} bytes")
+    zero, code, ndim = struct.unpack(">HBB", magic)
     if zero != 0 or code not in IDX_DTYPES or ndim == 0:
         raise DataError(
             f"{path}: expected an IDX magic number 0x0000TTNN (e.g. 0x00000803 images, "
-            f"0x00000801 labels), found 0x{raw[:4].hex()}"
+            f"0x00000801 labels), found 0x{magic.hex()}"
         )
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX file: expected a {header}-byte header, found {len(raw)} bytes")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    hdr = head(header)
+    if len(hdr) < header:
+        raise DataError(f"{path}: truncated IDX file: expected a {header}-byte header, found {len(hdr)} bytes")
+    dims = struct.unpack(f">{ndim}I", hdr[4:header])
     dtype = np.dtype(IDX_DTYPES[code])
     need = math.prod(dims) * dtype.itemsize
-    have = len(raw) - header
+    if header + need > limit:
+        raise DataError(f"{path}: header declares dims {dims} ({need} data bytes), beyond {limit_note(limit)}")
+    data = head(header + need + 1)
+    have = len(data) - header
     if have < need:
         raise DataError(f"{path}: truncated IDX file: expected {need} data bytes for dims {dims}, found {have}")
     if have > need:
-        raise DataError(f"{path}: expected {need} data bytes for dims {dims}, found {have} (trailing bytes)")
-    return np.frombuffer(raw, dtype=dtype, count=math.prod(dims), offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+        raise DataError(f"{path}: expected {need} data bytes for dims {dims}, found more (trailing bytes)")
+    return np.frombuffer(data, dtype=dtype, count=math.prod(dims), offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 #: File name stems of the MNIST parts (with '-' or '.' before 'idx', optional '.gz').

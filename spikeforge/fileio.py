@@ -44,6 +44,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as exc:  # e.g. a full disk: name the output, not the temporary file
+        raise SpikeforgeError(f"{path}: cannot write it ({exc.strerror or exc}); nothing was written") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -10,7 +10,7 @@ in the same folder, then a rename.
 Reading trusts nothing: every member's sha256 and size are checked against graph.json, and
 graph.json's own ``sha256`` (of its canonical JSON without that key) against its content, so
 a corrupted or hand-edited file is refused; members are decompressed only up to their declared
-size within spikeforge.archive.MAX_BYTES; every field is type-checked against the node's
+size within spikeforge.archive.max_bytes() (1 GiB, or $SPIKEFORGE_MAX_BYTES); every field is type-checked against the node's
 declaration before a node is built. Version 1 files (no hashes) are refused with a request to
 rewrite them (``spikeforge convert`` writes version 2).
 """
@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from spikeforge import ir
-from spikeforge.archive import MAX_BYTES, Archive, parse_npy
+from spikeforge.archive import Archive, parse_npy
 from spikeforge.errors import GraphError, SpikeforgeError
 from spikeforge.fileio import atomic_path
 
@@ -173,7 +173,10 @@ def _array(path: Path, zf: Archive, node: str, fname: str, ref: object, hashes: 
     if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         raise GraphFileError(f"{where}: array '{ref}' does not match its sha256 in graph.json "
                              f"(the file is corrupted or was edited)")
-    return parse_npy(data, f"{where}: array '{ref}'", GraphFileError)
+    arr = parse_npy(data, f"{where}: array '{ref}'", GraphFileError)
+    if arr.dtype.kind not in "iuf":  # weights and biases are numbers, not truth values
+        raise GraphFileError(f"{where}: array '{ref}': expected a numeric array (int or float), found dtype {arr.dtype}")
+    return arr
 
 
 def _decode_node(path: Path, key: str, i: int, nd: object, zf: Archive, hashes: Mapping[str, Any]) -> ir.Node:
@@ -323,7 +326,7 @@ def load_all(path: str | Path) -> dict[str, ir.Graph]:
         raise GraphFileError(f"{path}: no such file (expected a spikeforge graph file)")
     if not zipfile.is_zipfile(path):
         raise GraphFileError(f"{path}: not a spikeforge graph file (expected a zip archive written by 'spikeforge convert')")
-    with Archive(path, GraphFileError, MAX_BYTES) as zf:
+    with Archive(path, GraphFileError) as zf:
         doc = _read_doc(path, zf)
         return {str(k): _decode_graph(path, str(k), g, zf, doc["members"]) for k, g in doc["graphs"].items()}
 
