@@ -90,8 +90,9 @@ class Archive:
         size = info.file_size
         cap = min(self.limit - self.used, max_bytes if max_bytes is not None else self.limit)
         if size > cap:
-            raise self.error(f"{self.path}: member '{name}' declares {size} bytes, beyond "
-                             f"{limit_note(cap)}")
+            also = f" with the {self.used} bytes read before it" if self.used and size <= self.limit else ""
+            raise self.error(f"{self.path}: member '{name}' declares {size} bytes{also}, beyond "
+                             f"{limit_note(self.limit if max_bytes is None else min(max_bytes, self.limit))}")
         try:
             with self.zf.open(info) as fh:
                 data = fh.read(size + 1)
