@@ -157,6 +157,16 @@ def _per_neuron(values: Any, size: int, where: str, name: str, what: str) -> np.
     return np.broadcast_to(arr, (size,)).copy()
 
 
+def _gain(n: Any, size: int, where: str, name: str) -> np.ndarray:
+    """The input gain r per neuron: > 0 (inf is snnTorch's beta = 1); r <= 0 or NaN would invert
+    or erase the input, and is refused."""
+    r = _per_neuron(n.r, size, where, name, "r")
+    if not (r > 0).all():
+        bad = r[~(r > 0)][0]
+        raise UnsupportedError(f"{where}: node '{name}' r: expected values > 0, found {bad:.4g}")
+    return r
+
+
 class _Neuron(NamedTuple):
     node: ir.Node  # threshold 1: theta and the per-step input gain are folded into the weights
     fold: np.ndarray  # per neuron: multiply incoming weights and biases by this
@@ -164,7 +174,7 @@ class _Neuron(NamedTuple):
 
 def _if(name: str, n: Any, size: int, dt: StepLength, where: str, notes: list[str]) -> _Neuron:
     theta = _threshold(n, size, where, name)
-    r = _per_neuron(n.r, size, where, name, "r")
+    r = _gain(n, size, where, name)
     if np.isinf(r).any():  # snnTorch's beta = 1 convention: r = tau / dt
         notes.append(f"{where}: node '{name}' (IF) r: inf read as one unit of input per step")
         r = np.where(np.isinf(r), 1.0 / dt.if_, r)
@@ -203,7 +213,7 @@ def _tau_steps(value: Any, size: int, dt: float, where: str, name: str, what: st
 def _lif(name: str, n: Any, size: int, dt: StepLength, where: str, notes: list[str]) -> _Neuron:
     theta = _threshold(n, size, where, name)
     tau = _tau_steps(n.tau, size, dt.lif, where, name, "tau")
-    r = _per_neuron(n.r, size, where, name, "r")
+    r = _gain(n, size, where, name)
     v_leak = _uniform(where, name, "v_leak / v_threshold", _per_neuron(n.v_leak, size, where, name, "v_leak") / theta, size)
     if math.isinf(tau):  # dv/dt = (r / tau) I; snnTorch's beta = 1 writes tau = r = inf: r / tau = 1 / dt
         gain = np.where(np.isinf(r), 1.0, 0.0)
@@ -220,7 +230,7 @@ def _cuba_lif(name: str, n: Any, size: int, dt: StepLength, where: str, notes: l
     theta = _threshold(n, size, where, name)
     tau = _tau_steps(n.tau_mem, size, dt.lif, where, name, "tau_mem")
     tau_syn = _tau_steps(n.tau_syn, size, dt.lif, where, name, "tau_syn")
-    r = _per_neuron(n.r, size, where, name, "r")
+    r = _gain(n, size, where, name)
     w_in = _per_neuron(getattr(n, "w_in", 1.0), size, where, name, "w_in")
     v_leak = _uniform(where, name, "v_leak / v_threshold", _per_neuron(n.v_leak, size, where, name, "v_leak") / theta, size)
     gain = w_in / tau_syn * (r / tau if math.isfinite(tau) else np.where(np.isinf(r), 1.0, 0.0))
@@ -230,7 +240,7 @@ def _cuba_lif(name: str, n: Any, size: int, dt: StepLength, where: str, notes: l
 
 def _li(name: str, n: Any, size: int, dt: StepLength, where: str, notes: list[str]) -> _Neuron:
     tau = _tau_steps(n.tau, size, dt.lif, where, name, "tau")
-    r = _per_neuron(n.r, size, where, name, "r")
+    r = _gain(n, size, where, name)
     v_leak = _uniform(where, name, "v_leak", n.v_leak, size)
     if v_leak != 0:
         raise UnsupportedError(f"{where}: node '{name}' (LI) v_leak: expected 0 for a readout, found {v_leak:.4g}")
@@ -611,5 +621,8 @@ def save_nir(graph: ir.Graph, path: str | Path, dt: float = 1.0, target: str = "
         nir_graph = to_nir(graph, dt, target)
     except SpikeforgeError as exc:
         raise type(exc)(f"{path}: {exc}") from None
+    except ValueError as exc:  # NIR's own type inference along the edges
+        raise UnsupportedError(f"{path}: cannot export to NIR: NIR refuses the graph's types "
+                               f"({str(exc).splitlines()[0][:200]})") from None
     with atomic_path(path) as tmp:
         nir.write(str(tmp), nir_graph)

@@ -452,7 +452,30 @@ def _read(path: Path) -> Any:
     except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OnnxImportError(f"{path}: not a valid ONNX model ({first[:200]})") from None
+    _check_opsets(path, model)
     return model
+
+
+#: Oldest default-domain opset whose ops the handlers implement (Clip's min/max attributes,
+#: Gemm without 'broadcast', ...).
+MIN_OPSET = 7
+
+
+def _check_opsets(path: Path, model: Any) -> None:
+    """The default ONNX domain at an opset in [MIN_OPSET, newest this onnx knows]; no op from
+    another domain (the handlers know the default domain's semantics only)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    v = versions.get("ai.onnx")
+    if v is None or not MIN_OPSET <= v <= newest:
+        raise OnnxImportError(f"{path}: opset_import: expected the default ONNX domain at opset "
+                              f"{MIN_OPSET}..{newest}, found {v if v is not None else 'none'}")
+    foreign = [f"node '{n.name or n.output[0]}' ({n.domain}.{n.op_type})" for n in model.graph.node
+               if n.domain not in ("", "ai.onnx")]
+    if foreign:
+        raise UnsupportedError(f"{path}: ops outside the default ONNX domain: {', '.join(foreign[:5])}")
 
 
 def _per_sample_shapes(model: Any) -> dict[str, tuple[int, ...]]:
@@ -484,6 +507,11 @@ def load_onnx(path: str | Path) -> ir.Graph:
         except SpikeforgeError:
             raise
         except Exception as exc:
+            import onnx
+
+            if t.data_type not in onnx.TensorProto.DataType.values():
+                raise OnnxImportError(f"{path}: initializer '{t.name}' data_type: expected an ONNX "
+                                      f"tensor type, found {t.data_type}") from None
             raise OnnxImportError(f"{path}: initializer '{t.name}' is unreadable ({str(exc)[:120]})") from None
     data_inputs = [i for i in g.input if i.name not in consts]
     if len(data_inputs) != 1:

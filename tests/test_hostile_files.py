@@ -355,3 +355,146 @@ def test_loaders_raise_only_spikeforge_errors(files):
     rewrite_graph_file(files / "good.sfg", bad, edit=lambda doc: [])
     with pytest.raises(SpikeforgeError):
         graphio.load(bad)
+
+
+# -- ONNX and NIR ---------------------------------------------------------------------------------
+def _onnx_model():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("W1", (5, 6)), ("b1", (5,)), ("W2", (3, 5)), ("b2", (3,)))]
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "W2", "b2"], ["y"], name="fc2", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _opset(version: int) -> Callable:
+    def edit(m) -> None:
+        m.opset_import[0].version = version
+    return edit
+
+
+def _init(name: str, arr: np.ndarray) -> Callable:
+    def edit(m) -> None:
+        from onnx import numpy_helper
+
+        t = next(t for t in m.graph.initializer if t.name == name)
+        t.CopyFrom(numpy_helper.from_array(arr, name))
+    return edit
+
+
+def _strings(m) -> None:
+    from onnx import TensorProto
+
+    t = m.graph.initializer[1]
+    t.data_type = TensorProto.STRING
+    t.ClearField("raw_data")
+    t.string_data.extend([b"a"] * 5)
+
+
+def _vector_clip(m) -> None:
+    n = m.graph.node[1]
+    n.op_type = "Clip"
+    n.input.extend(["b1", "b1"])
+
+
+def _dtype(m) -> None:
+    m.graph.initializer[0].data_type = 999
+
+
+def _dims(m) -> None:
+    del m.graph.initializer[0].dims[:]
+    m.graph.initializer[0].dims.extend([3, 5])
+
+
+def _foreign(m) -> None:
+    m.graph.node[1].domain = "com.example"
+    m.opset_import.add(domain="com.example", version=1)
+
+
+ONNX_CASES: dict[str, tuple[Callable, str]] = {
+    "opset-999": (_opset(999), "opset_import: expected the default ONNX domain at opset 7.."),
+    "opset-1": (_opset(1), "found 1"),
+    "unknown-data-type": (_dtype, "initializer 'W1' data_type: expected an ONNX tensor type, found 999"),
+    "string-initializer": (_strings, "tensor 'b1': expected numbers, found dtype object"),
+    "gemm-bias-length": (_init("b1", np.zeros(4, np.float32)), "node 'fc1' (Gemm): bias C expected 5 values, found 4"),
+    "vector-clip": (_vector_clip, "(Clip): min must be a scalar, found shape (5,)"),
+    "wrong-dims": (_dims, "initializer 'W1' is unreadable"),
+    "bool-weights": (_init("W1", np.ones((5, 6), bool)), "tensor 'W1': expected numbers, found dtype bool"),
+    "foreign-domain": (_foreign, "ops outside the default ONNX domain: node 'relu' (com.example.Relu)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONNX_CASES))
+def test_bad_onnx_is_one_line(files, capsys, case):
+    import onnx
+
+    edit, message = ONNX_CASES[case]
+    model = _onnx_model()
+    edit(model)
+    path = files / f"{case}.onnx"
+    onnx.save(model, str(path))
+    out = files / "net.sfg"
+    refused(capsys, ["convert", str(path), "--calib", str(files / "data.npz"), "-o", str(out)], str(path), message)
+    assert not out.exists()
+
+
+def test_onnx_external_data_outside_the_folder_is_refused(files, capsys):
+    """onnx >= 1.21 (pinned): a tensor whose external data is a symlink to a file elsewhere, or
+    a path outside the model's folder, is refused; its bytes never reach the graph file."""
+    import onnx
+    from onnx import TensorProto
+
+    secret = files / "elsewhere" / "secret.bin"
+    secret.parent.mkdir()
+    secret.write_bytes(np.arange(30, dtype=np.float32).tobytes())
+    folder = files / "model"
+    folder.mkdir()
+    (folder / "w.bin").symlink_to(secret)
+    for location in ("w.bin", "../elsewhere/secret.bin", str(secret)):
+        model = _onnx_model()
+        t = model.graph.initializer[0]
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        t.external_data.add(key="location", value=location)
+        path = folder / "m.onnx"
+        onnx.save(model, str(path))
+        out = files / "net.sfg"
+        refused(capsys, ["convert", str(path), "--calib", str(files / "data.npz"), "-o", str(out)],
+                str(path), "not a valid ONNX model")
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("r", [-1.0, 0.0, float("nan")])
+def test_nir_non_positive_r_is_refused(files, capsys, r):
+    import nir
+
+    rng = np.random.default_rng(0)
+    ones = np.ones(5)
+    g = nir.NIRGraph(nodes={
+        "input": nir.Input(input_type={"input": np.array([6])}),
+        "fc": nir.Affine(rng.normal(size=(5, 6)), rng.normal(size=5) * 0.1),
+        "n": nir.IF(r=ones * r, v_threshold=ones, v_reset=0 * ones),
+        "output": nir.Output(output_type={"output": np.array([5])})},
+        edges=[("input", "fc"), ("fc", "n"), ("n", "output")])
+    path = files / "neg.nir"
+    nir.write(str(path), g)
+    refused(capsys, ["convert", str(path), "-o", str(files / "net.sfg")], str(path), "node 'n' r: expected values > 0")
+
+
+def test_nir_export_type_mismatch_is_one_line(files, capsys):
+    """An (8, 8) input straight into a 64-input synapse (as `train --arch recurrent` writes it):
+    NIR's type inference refused it with a traceback."""
+    from spikeforge import ir
+
+    g = random_fixed_graph([64, 5, 3], seed=3, reset="zero", recurrent=True)
+    g = g.with_nodes([ir.Input("in", (8, 8)) if isinstance(n, ir.Input) else n for n in g.nodes])
+    graphio.save(files / "rec.sfg", snn=g)
+    out = files / "rec.nir"
+    refused(capsys, ["export", str(files / "rec.sfg"), "-o", str(out)], str(out), "cannot export to NIR",
+            "type mismatch")
+    assert not out.exists()
