@@ -55,8 +55,10 @@ def limit_note(limit: int) -> str:
     return f"the limit of {limit} bytes (raise it with ${LIMIT_VARIABLE})"
 
 
-def _message(exc: BaseException) -> str:
+def short_message(exc: BaseException, limit: int = 160) -> str:
+    """An exception as a short one-line note (zipfile puts whole headers in its messages)."""
     text = str(exc).splitlines()[0] if str(exc) else ""
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -70,7 +72,7 @@ class Archive:
             self.zf = zipfile.ZipFile(path)
             self.infos = {i.filename: i for i in self.zf.infolist()}
         except CORRUPT as exc:
-            raise error(f"{path}: expected a readable zip archive, found a damaged one ({_message(exc)})") from None
+            raise error(f"{path}: expected a readable zip archive, found a damaged one ({short_message(exc)})") from None
 
     def __enter__(self) -> "Archive":
         return self
@@ -97,7 +99,7 @@ class Archive:
             with self.zf.open(info) as fh:
                 data = fh.read(size + 1)
         except CORRUPT as exc:
-            raise self.error(f"{self.path}: member '{name}' is corrupt ({_message(exc)})") from None
+            raise self.error(f"{self.path}: member '{name}' is corrupt ({short_message(exc)})") from None
         if len(data) != size:
             raise self.error(f"{self.path}: member '{name}' declares {size} bytes, found "
                              f"{'more' if len(data) > size else len(data)}")
@@ -131,7 +133,7 @@ def parse_npy(data: bytes, where: str, error: type[SpikeforgeError]) -> np.ndarr
     except error:
         raise
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError) as exc:
-        raise error(f"{where}: expected an .npy array, found a garbled header ({_message(exc)})") from None
+        raise error(f"{where}: expected an .npy array, found a garbled header ({short_message(exc)})") from None
     if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise error(f"{where}: expected a numeric array (bool, int or float), found dtype {dtype}")
     need = math.prod(shape) * dtype.itemsize
@@ -150,4 +152,4 @@ def gunzip(raw: bytes, where: str, error: type[SpikeforgeError], size: int) -> b
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
             return fh.read(size)
     except CORRUPT as exc:
-        raise error(f"{where}: expected a complete gzip stream, found {_message(exc)}") from None
+        raise error(f"{where}: expected a complete gzip stream, found {short_message(exc)}") from None

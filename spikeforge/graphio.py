@@ -30,6 +30,7 @@ import numpy as np
 
 from spikeforge import ir
 from spikeforge.archive import Archive, parse_npy
+from spikeforge.archive import short_message as short
 from spikeforge.errors import GraphError, SpikeforgeError
 from spikeforge.fileio import atomic_path
 
@@ -221,7 +222,7 @@ def _decode_node(path: Path, key: str, i: int, nd: object, zf: Archive, hashes: 
     except GraphError as exc:
         raise GraphFileError(f"{path}: graph '{key}': {exc}") from None
     except (TypeError, ValueError, OverflowError, ArithmeticError, MemoryError) as exc:
-        raise GraphFileError(f"{where}: bad fields ({type(exc).__name__}: {exc})") from None
+        raise GraphFileError(f"{where}: bad fields ({short(exc)})") from None
 
 
 def _decode_graph(path: Path, key: str, doc: object, zf: Archive, hashes: Mapping[str, Any]) -> ir.Graph:
@@ -242,7 +243,7 @@ def _decode_graph(path: Path, key: str, doc: object, zf: Archive, hashes: Mappin
     except GraphError as exc:
         raise GraphFileError(f"{path}: graph '{key}': {exc}") from None
     except (TypeError, ValueError, OverflowError, ArithmeticError, MemoryError, RecursionError) as exc:
-        raise GraphFileError(f"{path}: graph '{key}': malformed ({type(exc).__name__}: {exc})") from None
+        raise GraphFileError(f"{path}: graph '{key}': malformed ({short(exc)})") from None
 
 
 #: Metadata keys the tools read, and what each must be.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -22,9 +23,11 @@ from spikeforge.data import Dataset, load_npz, save_npz
 from spikeforge.errors import SpikeforgeError
 from spikeforge.testing import random_fixed_graph, rewrite_graph_file
 
-#: Examples per file kind: 3 x 110 = 330 cases in all, deterministic (derandomized) in CI.
-EXAMPLES = 110
-FUZZ = settings(max_examples=EXAMPLES, deadline=5000, derandomize=True, database=None,
+#: Examples per file kind: 3 x 110 = 330 cases in all, deterministic (derandomized) in CI;
+#: SPIKEFORGE_FUZZ_EXAMPLES=N runs N per kind from a random seed (a longer local hunt).
+EXAMPLES = int(os.environ.get("SPIKEFORGE_FUZZ_EXAMPLES", "110"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=5000, derandomize="SPIKEFORGE_FUZZ_EXAMPLES" not in os.environ,
+                database=None,
                 phases=(Phase.explicit, Phase.generate, Phase.shrink),
                 suppress_health_check=list(HealthCheck))
 
@@ -160,7 +163,7 @@ def json_edit(data: st.DataObject, raw: bytes) -> bytes:
 
 def fuzz_zip(seed: bytes, load: Callable[[Path], Any], tmp: Path, tally: collections.Counter,
              json_member: bool) -> None:
-    mutations = [flips, truncate, zip_member_edit, npy_header_edit] + ([json_edit] if json_member else [])
+    mutations = [flips, truncate, zip_member_edit, npy_header_edit] + ([json_edit] * 3 if json_member else [])
 
     @FUZZ
     @given(st.data())
@@ -172,6 +175,31 @@ def fuzz_zip(seed: bytes, load: Callable[[Path], Any], tmp: Path, tally: collect
         tally[f"{mutate.__name__}: {_outcome(load, path)}"] += 1
 
     case()
+
+
+def load_and_run(path: Path) -> None:
+    """Load every graph and use it as the commands do: the SNN runs on cpu (2 samples, T = 2)
+    with its per-layer reports, the ANN is evaluated."""
+    from spikeforge.converter.ann import forward
+    from spikeforge.converter.passes import layer_reports
+    from spikeforge.runner import simulate
+
+    graphs = graphio.load_all(path)
+    for key, g in graphs.items():
+        x = np.full((2, g.inputs[0].out_size), 0.5)
+        if g.is_fixed():
+            simulate(g, "cpu", x, 2)
+            layer_reports(g)
+        else:
+            forward(g, x)
+
+
+def onnx_load_and_convert(path: Path) -> None:
+    from spikeforge.converter.onnx_import import load_onnx
+    from spikeforge.converter.passes import convert
+
+    g = load_onnx(path)
+    convert(g, np.full((4, g.inputs[0].out_size), 0.5))
 
 
 @pytest.fixture()
@@ -194,7 +222,7 @@ def _report(kind: str, tally: collections.Counter) -> None:
 @pytest.mark.filterwarnings("ignore:Duplicate name")
 def test_fuzz_graph_files(sfg_seed, tmp_path):
     tally: collections.Counter = collections.Counter()
-    fuzz_zip(sfg_seed, graphio.load_all, tmp_path, tally, json_member=True)
+    fuzz_zip(sfg_seed, load_and_run, tmp_path, tally, json_member=True)
     _report("sfg", tally)
 
 
@@ -274,9 +302,7 @@ def proto_edit(data: st.DataObject, model: Any) -> None:
 
 
 def _onnx_outcome(path: Path) -> str:
-    from spikeforge.converter.onnx_import import load_onnx
-
-    return _outcome(load_onnx, path)
+    return _outcome(onnx_load_and_convert, path)
 
 
 @pytest.mark.filterwarnings("ignore")
