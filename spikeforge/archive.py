@@ -1,7 +1,7 @@
 """Bounded reading of zip archives (.sfg, .npz), .npy members and gzip streams.
 
 Nothing is decompressed or allocated beyond what the file declares, and what it declares
-must stay within a stated limit (:data:`MAX_BYTES` in all, per file): a member whose
+must stay within a stated limit (:data:`MAX_BYTES`, 1 GiB per file, or $SPIKEFORGE_MAX_BYTES): a member whose
 decompressed bytes exceed its declared size, an .npy header whose shape x dtype disagrees
 with the member's size, an unreadable or corrupt member are refused in one line naming the
 file and member, as the caller's error type.
