@@ -557,7 +557,9 @@ def to_nir(graph: ir.Graph, dt: float = 1.0, target: str = "nir") -> "nir.NIRGra
         if name in skip:
             continue
         if isinstance(node, ir.Input):
-            shape = (node.in_size,) if any(graph.node(s).name in skip for s in graph.successors(name)) else node.shape
+            # an affine map reads a flat vector: an (8, 8) input straight into one is written flat
+            flat = any(s in skip or isinstance(graph.node(s), (ir.Affine, ir.FixedAffine)) for s in graph.successors(name))
+            shape = (node.in_size,) if flat else node.shape
             out[name] = nir.Input(input_type={"input": np.array(shape)})
         elif isinstance(node, ir.Output):
             out[name] = nir.Output(output_type={"output": np.array(node.shape)})

@@ -59,7 +59,7 @@ def _count(text: str) -> int:
 MAX_TIMESTEPS = 100_000
 
 
-def _timesteps(text: str) -> int:
+def _steps(text: str) -> int:
     """argparse type: a number of time steps T in [1, MAX_TIMESTEPS]."""
     value = _positive(text)
     if value > MAX_TIMESTEPS:
@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "snntorch (1e-4), norse (LIF dt**2 = 1e-6, IAF 1; norse:DT for another Norse dt), sinabs (1)")
     c.add_argument("--check-samples", type=_count, default=256,
                    help="calibration samples the converted network is checked on against the ANN (0: no check)")
-    c.add_argument("--check-timesteps", type=_timesteps, default=32, help="T of that check (cpu backend)")
+    c.add_argument("--check-timesteps", type=_steps, default=32, help="T of that check (cpu backend)")
     c.add_argument("--json", action="store_true")
     c.add_argument("-o", "--output", required=True)
     c.set_defaults(fn=cmd_convert)
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--backends", default="cpu,lava,brian2")
         s.add_argument("--data", required=True)
-        s.add_argument("--timesteps", type=_timesteps, default=None,
+        s.add_argument("--timesteps", type=_steps, default=None,
                        help="input steps T (default 32; for recorded spikes, their length)")
         s.add_argument("--limit", type=_positive, default=None)
         s.add_argument("--encoding", choices=("current", "rate"), default="current")
@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="per-layer ANN vs SNN rates, accuracy against T, raster (PNG)")
     a.add_argument("graph")
     a.add_argument("--data", required=True)
-    a.add_argument("--timesteps", type=_timesteps, default=32)
+    a.add_argument("--timesteps", type=_steps, default=32)
     a.add_argument("--limit", type=_positive, default=200, help="samples analysed (default 200)")
     a.add_argument("--encoding", choices=("current", "rate"), default="current")
     a.add_argument("--seed", type=_seed, default=0)
