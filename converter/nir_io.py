@@ -476,28 +476,19 @@ def _encode_spikeforge(graph: ir.Graph) -> dict[str, Any]:
 
 
 def _spikeforge_graph(meta: dict[str, Any], where: str) -> ir.Graph:
+    """The quantized graph spikeforge recorded in a NIR file's metadata, decoded and checked as
+    a graph file's graph.json is (spikeforge.graphio.decode_graph)."""
     from spikeforge import graphio
 
-    doc = json.loads(str(meta["spikeforge.graph"]))
-    nodes = []
-    for nd in doc["nodes"]:
-        cls = graphio.NODE_TYPES.get(nd["type"])
-        if cls is None:
-            raise SpikeforgeError(f"{where}: spikeforge metadata: node '{nd['name']}' has unknown type {nd['type']!r}")
-        kwargs = dict(nd["fields"])
-        for fname, ref in nd["arrays"].items():
-            key = "spikeforge.array." + ref.replace("/", ":")
-            if key not in meta:
-                raise SpikeforgeError(f"{where}: spikeforge metadata: node '{nd['name']}' array {fname} is missing")
-            kwargs[fname] = np.asarray(meta[key])
-        for k, v in kwargs.items():
-            if isinstance(v, list) and "shape" in k:
-                kwargs[k] = tuple(v)
-        nodes.append(cls(name=nd["name"], **kwargs))
-    try:
-        return ir.Graph(tuple(nodes), tuple(tuple(e) for e in doc["edges"]), doc.get("metadata", {}))
-    except SpikeforgeError as exc:
-        raise SpikeforgeError(f"{where}: spikeforge metadata: {exc}") from None
+    doc = graphio.parse_document(str(meta["spikeforge.graph"]), f"{where}: spikeforge metadata")
+
+    def read(node: str, fname: str, ref: str) -> np.ndarray:
+        key = "spikeforge.array." + ref.replace("/", ":")
+        if key not in meta:
+            raise SpikeforgeError(f"{where}: spikeforge metadata: node '{node}' array {fname} is missing")
+        return graphio.check_array(np.asarray(meta[key]), f"{where}: spikeforge metadata: node '{node}' array {fname}")
+
+    return graphio.decode_graph(f"{where}: spikeforge metadata", "snn", doc, read)
 
 
 def _export_problems(graph: ir.Graph) -> list[str]:

@@ -159,10 +159,19 @@ def _tuple(v: object) -> object:
     return tuple(_tuple(x) for x in v) if isinstance(v, list) else v
 
 
-def _array(path: Path, zf: Archive, node: str, fname: str, ref: object, hashes: Mapping[str, Any]) -> np.ndarray:
+#: Reads the array a node field refers to: (node name, field name, reference) -> array.
+ArrayReader = Callable[[str, str, str], np.ndarray]
+
+
+def check_array(arr: np.ndarray, where: str) -> np.ndarray:
+    """A node's array must hold numbers (ints or floats), not truth values or text."""
+    if arr.dtype.kind not in "iuf":
+        raise GraphFileError(f"{where}: expected a numeric array (int or float), found dtype {arr.dtype}")
+    return arr
+
+
+def _array(path: Path, zf: Archive, node: str, fname: str, ref: str, hashes: Mapping[str, Any]) -> np.ndarray:
     where = f"{path}: node '{node}' field '{fname}'"
-    if not isinstance(ref, str):
-        raise GraphFileError(f"{where}: expected an array member name, found {_what(ref)}")
     member = ref + ".npy"
     entry = hashes.get(member)
     if not isinstance(entry, dict):
@@ -174,13 +183,10 @@ def _array(path: Path, zf: Archive, node: str, fname: str, ref: object, hashes: 
     if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         raise GraphFileError(f"{where}: array '{ref}' does not match its sha256 in graph.json "
                              f"(the file is corrupted or was edited)")
-    arr = parse_npy(data, f"{where}: array '{ref}'", GraphFileError)
-    if arr.dtype.kind not in "iuf":  # weights and biases are numbers, not truth values
-        raise GraphFileError(f"{where}: array '{ref}': expected a numeric array (int or float), found dtype {arr.dtype}")
-    return arr
+    return check_array(parse_npy(data, f"{where}: array '{ref}'", GraphFileError), f"{where}: array '{ref}'")
 
 
-def _decode_node(path: Path, key: str, i: int, nd: object, zf: Archive, hashes: Mapping[str, Any]) -> ir.Node:
+def _decode_node(path: Path | str, key: str, i: int, nd: object, read: ArrayReader) -> ir.Node:
     where = f"{path}: graph '{key}' node {i}"
     if not isinstance(nd, dict):
         raise GraphFileError(f"{where}: expected an object, found {_what(nd)}")
@@ -212,7 +218,10 @@ def _decode_node(path: Path, key: str, i: int, nd: object, zf: Archive, hashes: 
         f = declared.get(fname)
         if f is None or f.type != ARRAY_FIELD:
             raise GraphFileError(f"{where}: array '{fname}': not an array field of {tname}")
-        kwargs[fname] = _array(path, zf, str(name), fname, ref, hashes)
+        if not isinstance(ref, str):
+            raise GraphFileError(f"{path}: node '{name}' field '{fname}': expected an array member name, "
+                                 f"found {_what(ref)}")
+        kwargs[fname] = read(name, fname, ref)
     missing = [n for n, f in declared.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -225,7 +234,9 @@ def _decode_node(path: Path, key: str, i: int, nd: object, zf: Archive, hashes: 
         raise GraphFileError(f"{where}: bad fields ({short(exc)})") from None
 
 
-def _decode_graph(path: Path, key: str, doc: object, zf: Archive, hashes: Mapping[str, Any]) -> ir.Graph:
+def decode_graph(path: Path | str, key: str, doc: object, read: ArrayReader) -> ir.Graph:
+    """One graph of a graph document (as graph.json holds it), every value checked against the
+    node declarations; ``read`` supplies the arrays. Raises GraphFileError naming ``path``."""
     if not isinstance(doc, dict):
         raise GraphFileError(f"{path}: graph '{key}': expected an object, found {_what(doc)}")
     nodes_doc, edges_doc, meta = doc.get("nodes"), doc.get("edges", []), doc.get("metadata", {})
@@ -237,7 +248,7 @@ def _decode_graph(path: Path, key: str, doc: object, zf: Archive, hashes: Mappin
     if not isinstance(meta, dict):
         raise GraphFileError(f"{path}: graph '{key}' metadata: expected an object, found {_what(meta)}")
     _check_metadata(path, key, meta)
-    nodes = [_decode_node(path, key, i, nd, zf, hashes) for i, nd in enumerate(nodes_doc)]
+    nodes = [_decode_node(path, key, i, nd, read) for i, nd in enumerate(nodes_doc)]
     try:
         return ir.Graph(tuple(nodes), tuple((a, b) for a, b in edges_doc), meta)
     except GraphError as exc:
@@ -289,21 +300,29 @@ def _depth(value: object, limit: int) -> int:
     return deepest
 
 
+def parse_document(raw: bytes | str, where: str) -> dict:
+    """A JSON object of at most MAX_JSON_BYTES, nested at most MAX_JSON_DEPTH deep."""
+    if len(raw) > MAX_JSON_BYTES:
+        raise GraphFileError(f"{where}: expected at most {MAX_JSON_BYTES} bytes of JSON, found {len(raw)}")
+    try:
+        doc = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except RecursionError:
+        raise GraphFileError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GraphFileError(f"{where} is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(doc, dict):
+        raise GraphFileError(f"{where}: expected an object, found {_what(doc)}")
+    if _depth(doc, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise GraphFileError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels")
+    return doc
+
+
 def _read_doc(path: Path, zf: Archive) -> dict:
     try:
         raw = zf.read("graph.json", MAX_JSON_BYTES)
     except KeyError:
         raise GraphFileError(f"{path}: not a spikeforge graph file (no graph.json inside)") from None
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise GraphFileError(f"{path}: graph.json nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise GraphFileError(f"{path}: graph.json is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
-    if not isinstance(doc, dict):
-        raise GraphFileError(f"{path}: graph.json: expected an object, found {_what(doc)}")
-    if _depth(doc, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise GraphFileError(f"{path}: graph.json nests deeper than {MAX_JSON_DEPTH} levels")
+    doc = parse_document(raw, f"{path}: graph.json")
     if doc.get("format") != FORMAT:
         raise GraphFileError(f"{path}: expected format '{FORMAT}', found {_what(doc.get('format'))}")
     version = doc.get("version")
@@ -329,7 +348,10 @@ def load_all(path: str | Path) -> dict[str, ir.Graph]:
         raise GraphFileError(f"{path}: not a spikeforge graph file (expected a zip archive written by 'spikeforge convert')")
     with Archive(path, GraphFileError) as zf:
         doc = _read_doc(path, zf)
-        return {str(k): _decode_graph(path, str(k), g, zf, doc["members"]) for k, g in doc["graphs"].items()}
+        def read(node: str, fname: str, ref: str) -> np.ndarray:
+            return _array(path, zf, node, fname, ref, doc["members"])
+
+        return {str(k): decode_graph(path, str(k), g, read) for k, g in doc["graphs"].items()}
 
 
 def load(path: str | Path, which: str = "snn") -> ir.Graph:
