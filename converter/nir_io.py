@@ -135,7 +135,7 @@ def _inline(g: "nir.NIRGraph", where: str, prefix: str = "") -> tuple[dict[str, 
 
 
 def _uniform(where: str, name: str, what: str, values: Any, size: int) -> float:
-    v = np.broadcast_to(np.asarray(values, dtype=np.float64), (size,)) if np.size(values) in (1, size) else None
+    v = np.broadcast_to(np.asarray(values, dtype=np.float64).reshape(-1), (size,)) if np.size(values) in (1, size) else None
     if v is None:
         raise UnsupportedError(f"{where}: node '{name}' {what}: expected 1 or {size} values, found {np.size(values)}")
     finite = v[np.isfinite(v)]
