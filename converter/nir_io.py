@@ -671,13 +671,138 @@ def _export_problems(graph: ir.Graph) -> list[str]:
         elif isinstance(node, (ir.IF, ir.LIF)) and (node.reset == "subtract" or getattr(node, "refractory", 0)):
             problems.append(f"{node.where()}: reset='{node.reset}', refractory={getattr(node, 'refractory', 0)} "
                             f"have no NIR equivalent")
-        elif isinstance(node, (ir.ReLU, ir.Stochastic, ir.FixedStochastic)):
+        elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)):
+            t, l, b, r = node.padding
+            if (t, l) != (b, r):
+                problems.append(f"{node.where()}: padding (top, left, bottom, right) = {node.padding}: NIR's "
+                                f"Conv2d pads symmetrically (pad_h, pad_w)")
+            if node.groups != 1:
+                problems.append(f"{node.where()}: groups = {node.groups}: nir 1.0.8's type inference, Norse and "
+                                f"snnTorch read C_in = weight.shape[1], so the file would not load")
+        elif type(node) not in EXPORTERS:
             problems.append(f"{node.where()}: no NIR equivalent")
     return problems
 
 
+class _Export(NamedTuple):
+    """What the exporters share: the graph, one step in seconds, the target, per neuron layer
+    the factor on its incoming weights, each Input's payload for rate 1, Flattens left out."""
+
+    graph: ir.Graph
+    dt: float
+    target: str
+    weight_scale: dict[str, float]
+    payload: dict[str, int]
+    skip: set[str]
+
+
+#: IR node type -> (node, context) -> its NIR node. Adding a layer type means adding an entry.
+EXPORTERS = ir.Registry("NIR export")
+
+
+@EXPORTERS.register(ir.Input)
+def _export_input(node: ir.Input, ctx: _Export) -> Any:
+    import nir
+
+    flat = any(s in ctx.skip for s in ctx.graph.successors(node.name))
+    return nir.Input(input_type={"input": np.array((node.in_size,) if flat else node.shape)})
+
+
+@EXPORTERS.register(ir.Output)
+def _export_output(node: ir.Output, ctx: _Export) -> Any:
+    import nir
+
+    return nir.Output(output_type={"output": np.array(node.shape)})
+
+
+@EXPORTERS.register(ir.Flatten)
+def _export_flatten(node: ir.Flatten, ctx: _Export) -> Any:
+    """Dims written counted from the end (NIR's meaning per sample, and a torch consumer's
+    Flatten then leaves the batch dim alone)."""
+    import nir
+
+    s, e = node._span()
+    n = len(node.input_shape)
+    return nir.Flatten(input_type={"input": np.array(node.input_shape)}, start_dim=s - n, end_dim=e - n)
+
+
+@EXPORTERS.register(ir.AvgPool2d)
+def _export_pool(node: ir.AvgPool2d, ctx: _Export) -> Any:
+    import nir
+
+    t, l, b, r = node.padding
+    if (t, l) != (b, r):
+        raise UnsupportedError(f"{node.where()}: padding {node.padding}: NIR pads symmetrically")
+    return nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride), padding=np.array((t, l)))
+
+
+def _synapse_weights(node: ir.Node, ctx: _Export) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias per output neuron) in the units the consumer integrates: state units
+    (w 2**e << 6, times the payload of a rate 1) for fixed synapses, scaled by the target
+    layer's factor; the target FixedLIF's bias is carried by its first incoming synapse
+    (Lava adds it to v, not to u: through a current filter it is divided by its gain)."""
+    (dst,) = ctx.graph.successors(node.name)
+    k = ctx.weight_scale.get(dst, 1.0)
+    if isinstance(node, ir.FIXED_SYNAPSES):
+        src = ctx.graph.source_through_flatten(ctx.graph.predecessors(node.name)[0])
+        w = node.weight * 2.0**node.weight_exp * 64.0 * ctx.payload.get(src, 1)
+        b = np.zeros(node.out_size)
+    else:
+        w = node.weight
+        b = np.repeat(node.bias, node.out_size // node.bias.shape[0])
+    target = ctx.graph.node(dst)
+    if isinstance(target, ir.FixedLIF) and ctx.graph.predecessors(dst)[0] == node.name:
+        tau_syn = 4096.0 / (target.du + 1) if target.du < 4095 else 1.0
+        b = b + target.bias / tau_syn
+    return w * k, b * k
+
+
+@EXPORTERS.register(ir.Affine, ir.FixedAffine)
+def _export_affine(node: ir.Node, ctx: _Export) -> Any:
+    import nir
+
+    w, b = _synapse_weights(node, ctx)
+    return nir.Affine(w, b)
+
+
+@EXPORTERS.register(ir.Conv2d, ir.FixedConv2d)
+def _export_conv(node: ir.Node, ctx: _Export) -> Any:
+    """NIR Conv2d: input_shape (H, W), symmetric padding (pad_h, pad_w), a bias per channel."""
+    import nir
+
+    w, b = _synapse_weights(node, ctx)
+    per = b.reshape(node.out_shape[0], -1)
+    if not np.allclose(per, per[:, :1], rtol=1e-12, atol=0):
+        raise UnsupportedError(f"{node.where()}: the neurons it feeds have biases that differ within a channel; "
+                               f"NIR's Conv2d has one per channel")
+    t, l, _, _ = node.padding
+    return nir.Conv2d(input_shape=tuple(node.input_shape[1:]), weight=w, stride=tuple(node.stride),
+                      padding=(t, l), dilation=tuple(node.dilation), groups=node.groups, bias=per[:, 0].copy())
+
+
+@EXPORTERS.register(ir.FixedLIF)
+def _export_fixed_lif(node: ir.FixedLIF, ctx: _Export) -> Any:
+    ones = np.ones(node.shape)
+    theta = ones * float(node.vth_scaled)
+    v_reset = ones * (float(node.v_reset) if node.reset == "value" else 0.0)
+    tau = 4096.0 / node.dv if node.dv else math.inf
+    return _neuron(ones, theta, v_reset, tau, float(node.v_rest),
+                   4096.0 / (node.du + 1) if node.du < 4095 else 1.0, ctx.dt, ctx.target)
+
+
+@EXPORTERS.register(ir.IF, ir.LIF)
+def _export_float_neuron(node: ir.Node, ctx: _Export) -> Any:
+    ones = np.ones(node.shape)
+    theta = ones * node.v_threshold
+    tau = getattr(node, "tau", math.inf)
+    v_reset = ones * (node.v_reset if getattr(node, "reset", "zero") == "value" else 0.0)
+    return _neuron(ones, theta, v_reset, tau, getattr(node, "v_leak", 0.0), getattr(node, "tau_syn", 1.0),
+                   ctx.dt, ctx.target)
+
+
 def to_nir(graph: ir.Graph, dt: float = 1.0, target: str = "nir") -> "nir.NIRGraph":
-    """The NIR graph :func:`save_nir` writes (see the module docstring)."""
+    """The NIR graph :func:`save_nir` writes (see the module docstring); each node through
+    :data:`EXPORTERS`."""
     import nir
 
     if target not in TARGETS:
@@ -689,18 +814,16 @@ def to_nir(graph: ir.Graph, dt: float = 1.0, target: str = "nir") -> "nir.NIRGra
     problems = _export_problems(graph)
     if problems:
         raise UnsupportedError("cannot export to NIR: " + "; ".join(problems))
-    fixed = graph.is_fixed()
-    out: dict[str, Any] = {}
     # per neuron layer: (its threshold and gain as written) -> factor on its incoming weights
     weight_scale: dict[str, float] = {}
     for node in graph.nodes:
         if isinstance(node, ir.FixedLIF):
             weight_scale[node.name] = 4096.0 / node.dv if node.dv else 1.0
         elif isinstance(node, ir.LIF):
-            weight_scale[node.name] = (node.r if math.isfinite(node.tau) else node.r)
+            weight_scale[node.name] = node.r
     # a Flatten right after the Input of 1-D data is left out: consumers run it over the batch
     skip = {n.name for n in graph.of_type(ir.Flatten)
-            if isinstance(graph.node(graph.predecessors(n.name)[0]), ir.Input)}
+            if isinstance(graph.node(graph.predecessors(n.name)[0]), ir.Input) and len(n.out_shape) == 1}
     edges = []
     for a, b in graph.edges:
         if a in skip:
@@ -708,56 +831,19 @@ def to_nir(graph: ir.Graph, dt: float = 1.0, target: str = "nir") -> "nir.NIRGra
         if b in skip:
             b = graph.successors(b)[0]
         edges.append((a, b))
-    payload = {n.name: n.payload_max for n in graph.inputs}
-    for node in graph.nodes:
-        name = node.name
-        ones = np.ones(getattr(node, "size", 1))
-        if name in skip:
-            continue
-        if isinstance(node, ir.Input):
-            shape = (node.in_size,) if any(graph.node(s).name in skip for s in graph.successors(name)) else node.shape
-            out[name] = nir.Input(input_type={"input": np.array(shape)})
-        elif isinstance(node, ir.Output):
-            out[name] = nir.Output(output_type={"output": np.array(node.shape)})
-        elif isinstance(node, ir.Flatten):
-            out[name] = nir.Flatten(input_type={"input": np.array(node.input_shape)}, start_dim=0)
-        elif isinstance(node, (ir.Affine, ir.FixedAffine)):
-            (dst,) = graph.successors(name)
-            if isinstance(node, ir.FixedAffine):
-                src = graph.source_through_flatten(graph.predecessors(name)[0])
-                # state units per unit of source output: (w 2**e << 6), times the payload of a rate 1
-                w = node.weight * 2.0**node.weight_exp * 64.0 * payload.get(src, 1)
-                b = np.zeros(w.shape[0])
-            else:
-                w, b = node.weight, node.bias
-            k = weight_scale.get(dst, 1.0)
-            out[name] = nir.Affine(w * k, b * k)
-        elif isinstance(node, ir.FixedLIF):
-            first = graph.predecessors(name)[0]
-            k = weight_scale[name]
-            tau_syn = 4096.0 / (node.du + 1) if node.du < 4095 else 1.0
-            # Lava adds the bias to v, not to u: through a current filter it is divided by its gain
-            out[first] = nir.Affine(out[first].weight, out[first].bias + node.bias * k / tau_syn)
-            theta = ones * float(node.vth_scaled)
-            v_reset = ones * (float(node.v_reset) if node.reset == "value" else 0.0)
-            tau = 4096.0 / node.dv if node.dv else math.inf
-            out[name] = _neuron(nir, ones, theta, v_reset, tau, float(node.v_rest),
-                                4096.0 / (node.du + 1) if node.du < 4095 else 1.0, dt, target)
-        elif isinstance(node, (ir.IF, ir.LIF)):
-            theta = ones * node.v_threshold
-            tau = getattr(node, "tau", math.inf)
-            v_reset = ones * (node.v_reset if getattr(node, "reset", "zero") == "value" else 0.0)
-            out[name] = _neuron(nir, ones, theta, v_reset, tau, getattr(node, "v_leak", 0.0),
-                                getattr(node, "tau_syn", 1.0), dt, target)
+    ctx = _Export(graph, dt, target, weight_scale, {n.name: n.payload_max for n in graph.inputs}, skip)
+    out = {node.name: EXPORTERS.lookup(node)(node, ctx) for node in graph.nodes if node.name not in skip}
     meta: dict[str, Any] = {"dt": float(dt), "producer": PRODUCER, "target": target}
-    if fixed:
+    if graph.is_fixed():
         meta.update(_encode_spikeforge(graph))
     return nir.NIRGraph(nodes=out, edges=[list(e) for e in edges], metadata=meta)
 
 
-def _neuron(nir: Any, ones: np.ndarray, theta: np.ndarray, v_reset: np.ndarray, tau: float, v_leak: float,
+def _neuron(ones: np.ndarray, theta: np.ndarray, v_reset: np.ndarray, tau: float, v_leak: float,
             tau_syn: float, dt: float, target: str) -> Any:
     """One neuron layer, per step: v += (1 / tau)(v_leak - v) + I (the incoming weights carry tau)."""
+    import nir
+
     if tau_syn > 1:  # CubaLIF: I += (1 / tau_syn)(w_in x - I) with w_in = tau_syn: a gain of one
         tau_mem = tau if math.isfinite(tau) else IF_AS_LIF_STEPS
         return nir.CubaLIF(tau_syn=ones * tau_syn * dt, tau_mem=ones * tau_mem * dt, r=ones * (1.0 if math.isfinite(tau) else tau_mem),
