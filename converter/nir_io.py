@@ -11,15 +11,20 @@ convention, :data:`CONVENTIONS`). Per step of ``dt`` seconds (forward Euler, as 
     LI       v <- v + (dt / tau) (v_leak - v + r I)   (no spikes: the readout only)
 
 spike where v > v_threshold, then v <- v_reset. Per-neuron thresholds and input gains are folded
-into the incoming weights (exact); time constants, v_leak / v_threshold and v_reset /
-v_threshold must be uniform per layer (Loihi 2 has one per layer). Scale and zero Delay nodes
-fold away, nested NIRGraph nodes (snnTorch's RLeaky) are inlined. A layer whose parameters clip
-when quantized, or that cannot reach its threshold, is named in a :class:`NIRImportWarning`.
+into the incoming weights (exact; into a Conv2d per channel); time constants, v_leak / v_threshold
+and v_reset / v_threshold must be uniform per layer (Loihi 2 has one per layer). Scale and zero
+Delay nodes fold away, nested NIRGraph nodes (snnTorch's RLeaky) are inlined. Pooling between
+neuron layers folds into the next synapse (:func:`spikeforge.converter.fold.fold_linear`:
+W' = W P, SumPool2d = k_h k_w AvgPool2d). Each NIR node type is read by its entry in
+:data:`IMPORTERS` (or :data:`PASS_THROUGH`). A layer whose parameters clip when quantized, or
+that cannot reach its threshold, is named in a :class:`NIRImportWarning`.
 
 **Export** (:func:`save_nir`): a quantized graph -> NIR in state units (weights ``w 2**e << 6``,
 thresholds ``vth << 6``: integer-valued, so a consumer's float sums are exact; spikeforge's
 ``floor(acc 2**e)`` for ``weight_exp < 0`` has no NIR equivalent and is where spikes can differ), IF as ``r = 1 / dt``; the whole quantized graph travels in the metadata,
-so spikeforge -> NIR -> spikeforge is the identical graph. ``target='snntorch'`` writes IF layers
+so spikeforge -> NIR -> spikeforge is the identical graph. Each IR node type is written by its
+entry in :data:`EXPORTERS` (FixedConv2d / Conv2d as NIR Conv2d, symmetric padding, groups = 1;
+Flatten with dims counted from the end, so torch consumers keep the batch dim). ``target='snntorch'`` writes IF layers
 as snnTorch-loadable LIF (beta = 1 at snnTorch's hard-coded dt = 1e-4 s). NIR has no reset by
 subtraction: such layers are refused by name.
 """
