@@ -11,15 +11,20 @@ convention, :data:`CONVENTIONS`). Per step of ``dt`` seconds (forward Euler, as 
     LI       v <- v + (dt / tau) (v_leak - v + r I)   (no spikes: the readout only)
 
 spike where v > v_threshold, then v <- v_reset. Per-neuron thresholds and input gains are folded
-into the incoming weights (exact); time constants, v_leak / v_threshold and v_reset /
-v_threshold must be uniform per layer (Loihi 2 has one per layer). Scale and zero Delay nodes
-fold away, nested NIRGraph nodes (snnTorch's RLeaky) are inlined. A layer whose parameters clip
-when quantized, or that cannot reach its threshold, is named in a :class:`NIRImportWarning`.
+into the incoming weights (exact; into a Conv2d per channel); time constants, v_leak / v_threshold
+and v_reset / v_threshold must be uniform per layer (Loihi 2 has one per layer). Scale and zero
+Delay nodes fold away, nested NIRGraph nodes (snnTorch's RLeaky) are inlined. Pooling between
+neuron layers folds into the next synapse (:func:`spikeforge.converter.fold.fold_linear`:
+W' = W P, SumPool2d = k_h k_w AvgPool2d). Each NIR node type is read by its entry in
+:data:`IMPORTERS` (or :data:`PASS_THROUGH`). A layer whose parameters clip when quantized, or
+that cannot reach its threshold, is named in a :class:`NIRImportWarning`.
 
 **Export** (:func:`save_nir`): a quantized graph -> NIR in state units (weights ``w 2**e << 6``,
 thresholds ``vth << 6``: integer-valued, so a consumer's float sums are exact; spikeforge's
 ``floor(acc 2**e)`` for ``weight_exp < 0`` has no NIR equivalent and is where spikes can differ), IF as ``r = 1 / dt``; the whole quantized graph travels in the metadata,
-so spikeforge -> NIR -> spikeforge is the identical graph. ``target='snntorch'`` writes IF layers
+so spikeforge -> NIR -> spikeforge is the identical graph. Each IR node type is written by its
+entry in :data:`EXPORTERS` (FixedConv2d / Conv2d as NIR Conv2d, symmetric padding, groups = 1;
+Flatten with dims counted from the end, so torch consumers keep the batch dim). ``target='snntorch'`` writes IF layers
 as snnTorch-loadable LIF (beta = 1 at snnTorch's hard-coded dt = 1e-4 s). NIR has no reset by
 subtraction: such layers are refused by name.
 """
@@ -63,9 +68,6 @@ CONVENTIONS: dict[str, StepLength] = {
 DT_HINT = ("snnTorch files need --dt 1e-4 (or --dt snntorch); Norse's LIF (LIFBoxCell, LIFCell, LIBoxCell) "
            "need Norse's dt squared, 1e-6 for its default dt = 1e-3, and its IAFCell 1: --dt norse (or norse:DT) "
            "sets both; Norse's and Sinabs' IF alone need --dt 1")
-#: Node types the importer reads.
-IMPORTED = ("Input", "Output", "Affine", "Linear", "Scale", "Flatten", "Delay", "IF", "LIF", "CubaLIF", "LI",
-            "NIRGraph")
 PRODUCER = "spikeforge"
 
 
@@ -138,7 +140,7 @@ def _inline(g: "nir.NIRGraph", where: str, prefix: str = "") -> tuple[dict[str, 
 
 
 def _uniform(where: str, name: str, what: str, values: Any, size: int) -> float:
-    v = np.broadcast_to(np.asarray(values, dtype=np.float64), (size,)) if np.size(values) in (1, size) else None
+    v = np.broadcast_to(np.asarray(values, dtype=np.float64).reshape(-1), (size,)) if np.size(values) in (1, size) else None
     if v is None:
         raise UnsupportedError(f"{where}: node '{name}' {what}: expected 1 or {size} values, found {np.size(values)}")
     finite = v[np.isfinite(v)]
@@ -254,16 +256,157 @@ NEURON_IMPORTERS: dict[str, Callable[..., _Neuron]] = {"IF": _if, "LIF": _lif, "
 LI_HEADROOM = 256.0
 
 
+class _Context(NamedTuple):
+    step: StepLength
+    where: str
+    notes: list[str]
+    gain_after: dict[str, float]  # SumPool2d name -> k**2: its successors' weights are multiplied by it
+
+
+#: (name, NIR node, input shape per sample, context) -> an IR node, or a neuron with its weight fold.
+Importer = Callable[[str, Any, "ir.Shape | None", _Context], "ir.Node | _Neuron"]
+#: NIR node type -> its importer. Adding a NIR node type means adding an entry here.
+IMPORTERS: dict[str, Importer] = {}
+#: NIR node types removed before the graph is built (folded into a neighbour): type -> function.
+PASS_THROUGH: dict[str, Callable[..., None]] = {}
+#: NIR node types refused with a reason of their own.
+REFUSED: dict[str, str] = {"Conv1d": "1-D convolution is not supported (write it as a Conv2d with a height of 1)"}
+
+
+def _imports(table: dict[str, Any], *kinds: str) -> Callable[[Any], Any]:
+    def deco(fn: Any) -> Any:
+        for k in kinds:
+            table[k] = fn
+        return fn
+    return deco
+
+
 def _shape(types: Any) -> tuple[int, ...]:
     arr = np.asarray(next(iter(types.values())) if types else [], dtype=np.int64).reshape(-1)
     return tuple(int(d) for d in arr)
+
+
+def _ints(value: Any, n: int, where: str, name: str, what: str) -> tuple[int, ...]:
+    """NIR's int or per-dimension ints (lists, arrays) as a tuple of n ints."""
+    arr = np.asarray(value).reshape(-1)
+    if arr.size == 1:
+        arr = np.repeat(arr, n)
+    if arr.size != n or arr.dtype.kind not in "iuf" or not np.array_equal(arr, np.rint(arr)) or (arr < 0).any():
+        raise UnsupportedError(f"{where}: node '{name}' {what}: expected {n} integers >= 0, found {value!r}")
+    return tuple(int(v) for v in arr)
+
+
+def _padding(value: Any, kernel: tuple[int, int], dilation: tuple[int, int], where: str, name: str) -> tuple[int, ...]:
+    """NIR padding: 'valid', 'same' (stride 1; torch puts the odd pixel at the bottom/right),
+    (pad_h, pad_w) or (top, left, bottom, right)."""
+    if isinstance(value, str):
+        if value == "valid":
+            return (0, 0, 0, 0)
+        if value == "same":
+            tot = [d * (k - 1) for k, d in zip(kernel, dilation)]
+            return (tot[0] // 2, tot[1] // 2, tot[0] - tot[0] // 2, tot[1] - tot[1] // 2)
+        raise UnsupportedError(f"{where}: node '{name}' padding: expected 'valid', 'same' or integers, found {value!r}")
+    n = np.asarray(value).size
+    return _ints(value, 4 if n == 4 else 2, where, name, "padding")
+
+
+@_imports(IMPORTERS, "Input")
+def _import_input(name: str, n: Any, in_shape: Any, ctx: _Context) -> ir.Node:
+    return ir.Input(name, _shape(n.input_type))
+
+
+@_imports(IMPORTERS, "Output")
+def _import_output(name: str, n: Any, in_shape: Any, ctx: _Context) -> ir.Node:
+    return ir.Output(name, in_shape)
+
+
+@_imports(IMPORTERS, "Affine", "Linear")
+def _import_affine(name: str, n: Any, in_shape: Any, ctx: _Context) -> ir.Node:
+    kind = type(n).__name__
+    w = np.asarray(n.weight, dtype=np.float64)
+    if w.ndim != 2:
+        raise UnsupportedError(f"{ctx.where}: node '{name}' ({kind}): expected a 2-D weight, found {w.shape}")
+    if math.prod(in_shape) != w.shape[1]:
+        raise UnsupportedError(f"{ctx.where}: node '{name}' ({kind}): weight {w.shape} expects {w.shape[1]} "
+                               f"inputs, found {math.prod(in_shape)} (shape {in_shape})")
+    b = getattr(n, "bias", None) if kind == "Affine" else None
+    b = np.zeros(w.shape[0]) if b is None else np.asarray(b, dtype=np.float64)
+    return ir.Affine(name, w, np.broadcast_to(b, (w.shape[0],)))
+
+
+@_imports(IMPORTERS, "Conv2d")
+def _import_conv(name: str, n: Any, in_shape: Any, ctx: _Context) -> ir.Node:
+    """NIR Conv2d: weight (C_out, C_in / groups, kH, kW); input_shape (H, W) (or (C, H, W))."""
+    where = ctx.where
+    w = np.asarray(n.weight, dtype=np.float64)
+    if w.ndim != 4:
+        raise UnsupportedError(f"{where}: node '{name}' (Conv2d): expected a 4-D weight (C_out, C_in/groups, kH, kW), "
+                               f"found {w.shape}")
+    groups = int(np.asarray(n.groups).reshape(-1)[0])
+    c_in = w.shape[1] * groups
+    hw = None if n.input_shape is None else tuple(int(d) for d in np.asarray(n.input_shape).reshape(-1))
+    shape = tuple(in_shape) if in_shape is not None and len(in_shape) == 3 else None
+    if shape is None and hw and len(hw) in (2, 3):
+        shape = (c_in, *hw[-2:])
+    if shape is None and in_shape is not None and math.prod(in_shape) % c_in == 0:
+        side = math.isqrt(math.prod(in_shape) // c_in)
+        shape = (c_in, side, side) if side * side * c_in == math.prod(in_shape) else None
+    if shape is None or shape[0] != c_in or (hw and tuple(hw[-2:]) != shape[1:]) \
+            or (in_shape is not None and math.prod(in_shape) != math.prod(shape)):
+        raise UnsupportedError(f"{where}: node '{name}' (Conv2d): weight {w.shape} with groups={groups} and "
+                               f"input_shape {hw} does not fit its input of shape {in_shape}")
+    kernel = (int(w.shape[2]), int(w.shape[3]))
+    dilation = _ints(n.dilation, 2, where, name, "dilation")
+    b = getattr(n, "bias", None)
+    b = np.zeros(w.shape[0]) if b is None else np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (w.shape[0],))
+    return ir.Conv2d(name, shape, stride=_ints(n.stride, 2, where, name, "stride"),
+                     padding=_padding(n.padding, kernel, dilation, where, name), dilation=dilation,
+                     groups=groups, weight=w, bias=b)
+
+
+@_imports(IMPORTERS, "AvgPool2d", "SumPool2d")
+def _import_pool(name: str, n: Any, in_shape: Any, ctx: _Context) -> ir.Node:
+    """AvgPool2d as is; SumPool2d = k_h k_w AvgPool2d (the factor goes into the next synapse).
+    Both fold into the next synapse at the end of the import (converter.fold.fold_linear)."""
+    kind = type(n).__name__
+    if in_shape is None or len(in_shape) != 3:
+        raise UnsupportedError(f"{ctx.where}: node '{name}' ({kind}): expected a (C, H, W) input, found {in_shape}")
+    kernel = _ints(n.kernel_size, 2, ctx.where, name, "kernel_size")
+    stride = kernel if getattr(n, "stride", None) is None else _ints(n.stride, 2, ctx.where, name, "stride")
+    if kind == "SumPool2d":
+        ctx.gain_after[name] = float(kernel[0] * kernel[1])
+    return ir.AvgPool2d(name, in_shape, kernel, stride, _padding(n.padding, kernel, (1, 1), ctx.where, name))
+
+
+@_imports(IMPORTERS, "Flatten")
+def _import_flatten(name: str, n: Any, in_shape: Any, ctx: _Context) -> ir.Node:
+    node = ir.Flatten(name, in_shape, int(n.start_dim), int(n.end_dim))
+    try:
+        node.validate()
+    except SpikeforgeError:
+        raise UnsupportedError(f"{ctx.where}: node '{name}' (Flatten): start_dim {n.start_dim} / end_dim {n.end_dim} "
+                               f"do not fit its input of shape {in_shape} (dims count without the batch)") from None
+    return node
+
+
+def _import_neuron(name: str, n: Any, in_shape: Any, ctx: _Context) -> _Neuron:
+    neuron = NEURON_IMPORTERS[type(n).__name__](name, n, math.prod(in_shape), ctx.step, ctx.where, ctx.notes)
+    return neuron._replace(node=neuron.node.replace(shape=tuple(in_shape)))
+
+
+for _kind in NEURON_IMPORTERS:
+    IMPORTERS[_kind] = _import_neuron
+
+
+def _imported() -> tuple[str, ...]:
+    return (*IMPORTERS, *PASS_THROUGH, "NIRGraph")
 
 
 def load_nir(source: "str | Path | nir.NIRGraph", dt: float | str | StepLength | None = None) -> ir.Graph:
     """Read a NIR file (or graph) into a float IR graph, or, for a file spikeforge wrote, the
     quantized graph it came from. One step is the ``dt`` in the file's metadata, else ``dt``
     (seconds, or 'snntorch' / 'norse' / 'norse:DT' / 'sinabs'); neither is refused with the
-    producers' conventions (:data:`DT_HINT`)."""
+    producers' conventions (:data:`DT_HINT`). Pooling folds into the following synapse."""
     g, where = _read(source)
     meta = dict(getattr(g, "metadata", {}) or {})
     if str(meta.get("producer", "")) == PRODUCER and "spikeforge.graph" in meta:
@@ -279,9 +422,13 @@ def load_nir(source: "str | Path | nir.NIRGraph", dt: float | str | StepLength |
     if step is None:
         raise SpikeforgeError(f"{where}: the file records no time step: give one with --dt. {DT_HINT}")
     nodes_in, edges = _inline(g, where)
-    bad = [f"node '{k}' ({type(v).__name__})" for k, v in nodes_in.items() if type(v).__name__ not in IMPORTED]
+    refused = [f"node '{k}' ({type(v).__name__}): {REFUSED[type(v).__name__]}" for k, v in nodes_in.items()
+               if type(v).__name__ in REFUSED]
+    if refused:
+        raise UnsupportedError(f"{where}: {'; '.join(refused)}")
+    bad = [f"node '{k}' ({type(v).__name__})" for k, v in nodes_in.items() if type(v).__name__ not in _imported()]
     if bad:
-        raise UnsupportedError(f"{where}: unsupported NIR nodes: {', '.join(bad)}; supported: {', '.join(IMPORTED)}")
+        raise UnsupportedError(f"{where}: unsupported NIR nodes: {', '.join(bad)}; supported: {', '.join(_imported())}")
     nodes_in, edges = _fold_pass_through(nodes_in, edges, where)
     graph, notes = _build(nodes_in, edges, step, where)
     for note in notes + _quantization_notes(graph, where):
@@ -290,121 +437,145 @@ def load_nir(source: "str | Path | nir.NIRGraph", dt: float | str | StepLength |
                                {"lif": step.lif, "if": step.if_}, nir_dt=step.name)
 
 
-def _fold_pass_through(nodes: dict[str, Any], edges: list[tuple[str, str]], where: str):
-    """Remove Scale (into the neighbouring affine map) and zero Delay nodes."""
+@_imports(PASS_THROUGH, "Delay")
+def _drop_delay(name: str, n: Any, nodes: dict[str, Any], preds: list[str], succs: list[str],
+                edges: list[tuple[str, str]], where: str) -> None:
+    d = np.asarray(n.delay, np.float64)
+    if d.size and np.any(d != 0):
+        raise UnsupportedError(f"{where}: node '{name}' (Delay): a delay of {d.max():.4g} s cannot be "
+                               f"expressed (every synapse has exactly one step of delay); only 0 folds away")
+
+
+@_imports(PASS_THROUGH, "Scale")
+def _fold_scale(name: str, n: Any, nodes: dict[str, Any], preds: list[str], succs: list[str],
+                edges: list[tuple[str, str]], where: str) -> None:
+    """x -> s x folded into the Affine/Linear map before it (rows) or after it (columns)."""
     import nir
 
+    s = np.asarray(n.scale, np.float64).reshape(-1)
+    if len(preds) == 1 and type(nodes[preds[0]]).__name__ in ("Affine", "Linear") \
+            and len([b for a, b in edges if a == preds[0]]) == 1:
+        p = nodes[preds[0]]
+        w = np.asarray(p.weight, np.float64)
+        b = np.asarray(getattr(p, "bias", np.zeros(w.shape[0])), np.float64)
+        nodes[preds[0]] = nir.Affine(w * s[:, None] if s.size > 1 else w * s, b * s)
+    elif len(succs) == 1 and type(nodes[succs[0]]).__name__ in ("Affine", "Linear") \
+            and len([a for a, b in edges if b == succs[0]]) == 1:
+        p = nodes[succs[0]]
+        w = np.asarray(p.weight, np.float64)
+        nodes[succs[0]] = nir.Affine(w * s[None, :] if s.size > 1 else w * s,
+                                     np.asarray(getattr(p, "bias", np.zeros(w.shape[0])), np.float64))
+    else:
+        raise UnsupportedError(f"{where}: node '{name}' (Scale): expected next to an Affine or Linear map "
+                               f"it can fold into, found {preds} -> {succs}")
+
+
+def _fold_pass_through(nodes: dict[str, Any], edges: list[tuple[str, str]], where: str):
+    """Remove the PASS_THROUGH nodes (Scale into the neighbouring affine map, zero Delay)."""
     nodes = dict(nodes)
     for name, n in list(nodes.items()):
-        kind = type(n).__name__
-        if kind not in ("Scale", "Delay"):
+        fn = PASS_THROUGH.get(type(n).__name__)
+        if fn is None:
             continue
         preds = [a for a, b in edges if b == name]
         succs = [b for a, b in edges if a == name]
-        if kind == "Delay":
-            d = np.asarray(n.delay, np.float64)
-            if d.size and np.any(d != 0):
-                raise UnsupportedError(f"{where}: node '{name}' (Delay): a delay of {d.max():.4g} s cannot be "
-                                       f"expressed (every synapse has exactly one step of delay); only 0 folds away")
-        else:
-            s = np.asarray(n.scale, np.float64).reshape(-1)
-            ok = False
-            if len(preds) == 1 and type(nodes[preds[0]]).__name__ in ("Affine", "Linear") \
-                    and len([b for a, b in edges if a == preds[0]]) == 1:
-                p = nodes[preds[0]]
-                w = np.asarray(p.weight, np.float64)
-                b = np.asarray(getattr(p, "bias", np.zeros(w.shape[0])), np.float64)
-                nodes[preds[0]] = nir.Affine(w * s[:, None] if s.size > 1 else w * s, b * s)
-                ok = True
-            elif len(succs) == 1 and type(nodes[succs[0]]).__name__ in ("Affine", "Linear") \
-                    and len([a for a, b in edges if b == succs[0]]) == 1:
-                p = nodes[succs[0]]
-                w = np.asarray(p.weight, np.float64)
-                nodes[succs[0]] = nir.Affine(w * s[None, :] if s.size > 1 else w * s,
-                                             np.asarray(getattr(p, "bias", np.zeros(w.shape[0])), np.float64))
-                ok = True
-            if not ok:
-                raise UnsupportedError(f"{where}: node '{name}' (Scale): expected next to an Affine or Linear map "
-                                       f"it can fold into, found {preds} -> {succs}")
+        fn(name, n, nodes, preds, succs, edges, where)
         del nodes[name]
         edges = [(a, b) for a, b in edges if name not in (a, b)] + [(a, b) for a in preds for b in succs]
     return nodes, edges
 
 
+def _scaled(node: ir.Node, rows: np.ndarray | float, where: str) -> ir.Node:
+    """A synapse with its output (per target neuron) multiplied by ``rows``: an Affine by
+    rows, a Conv2d by channel (the factor must then be uniform over each channel's positions)."""
+    rows = np.broadcast_to(np.asarray(rows, np.float64), (node.out_size,))
+    if isinstance(node, ir.Conv2d):
+        per = rows.reshape(node.out_shape[0], -1)
+        if not np.allclose(per, per[:, :1], rtol=1e-9, atol=0):
+            raise UnsupportedError(f"{where}: {node.where()}: the neurons it feeds have thresholds or gains that "
+                                   f"differ within a channel; a convolution needs one per channel")
+        c = per[:, 0]
+        return node.replace(weight=node.weight * c[:, None, None, None], bias=node.bias * c)
+    return node.replace(weight=node.weight * rows[:, None], bias=node.bias * rows)
+
+
+def _abs_drive(node: ir.Node) -> np.ndarray:
+    """Per target neuron: sum |w| + |b| (the largest input from binary sources)."""
+    if isinstance(node, ir.Conv2d):
+        per_c = np.abs(node.weight).reshape(node.weight.shape[0], -1).sum(axis=1) + np.abs(node.bias)
+        return np.repeat(per_c, node.out_size // node.out_shape[0])
+    return np.abs(node.weight).sum(axis=1) + np.abs(node.bias)
+
+
 def _build(nodes_in: dict[str, Any], edges: list[tuple[str, str]], step: StepLength, where: str):
-    notes: list[str] = []
+    """IR nodes from NIR nodes through :data:`IMPORTERS`, in an order where each node's input
+    shape is known (a neuron in a cycle takes it from any built input); then identity synapses
+    before neurons fed directly, SumPool gains and neuron folds into the synapses, LI thresholds,
+    and pooling folded into the next synapse."""
+    from spikeforge.converter.fold import fold_linear, identity_synapse
+
+    ctx = _Context(step, where, [], {})
     preds = {k: [a for a, b in edges if b == k] for k in nodes_in}
     nodes: dict[str, ir.Node] = {}
-    sizes: dict[str, int] = {}
-
-    def size_of(name: str) -> int:
-        if name in sizes:
-            return sizes[name]
-        n = nodes_in[name]
-        kind = type(n).__name__
-        if kind in ("Affine", "Linear"):
-            s = int(np.asarray(n.weight).shape[0])
-        elif kind == "Input":
-            s = math.prod(_shape(n.input_type)) or 0
-        elif preds[name]:
-            sizes[name] = -1  # a cycle through neurons: size from another input
-            s = max(size_of(p) for p in preds[name])
-        else:
-            s = int(np.size(getattr(n, "v_threshold", getattr(n, "tau", 1))))
-        sizes[name] = s
-        return s
-
-    for name, n in nodes_in.items():
-        kind = type(n).__name__
-        if kind == "Input":
-            nodes[name] = ir.Input(name, _shape(n.input_type))
-        elif kind == "Output":
-            shape = _shape(n.output_type)
-            nodes[name] = ir.Output(name, shape if math.prod(shape) == size_of(name) and shape else (size_of(name),))
-        elif kind in ("Affine", "Linear"):
-            w = np.asarray(n.weight, dtype=np.float64)
-            if w.ndim != 2:
-                raise UnsupportedError(f"{where}: node '{name}' ({kind}): expected a 2-D weight, found {w.shape}")
-            b = np.asarray(n.bias, dtype=np.float64) if kind == "Affine" and n.bias is not None else np.zeros(w.shape[0])
-            nodes[name] = ir.Affine(name, w, np.broadcast_to(b, (w.shape[0],)))
-        elif kind == "Flatten":
-            shape = _shape(n.input_type) if getattr(n, "input_type", None) else ()
-            nodes[name] = ir.Flatten(name, shape if shape and math.prod(shape) == size_of(name) else (size_of(name),))
     folds: dict[str, np.ndarray] = {}
-    li: list[str] = []
-    for name, n in nodes_in.items():
-        kind = type(n).__name__
-        if kind in NEURON_IMPORTERS:
-            neuron = NEURON_IMPORTERS[kind](name, n, size_of(name), step, where, notes)
-            nodes[name] = neuron.node
-            folds[name] = neuron.fold
-            if kind == "LI":
-                li.append(name)
-    # neurons fed directly (by an Input, a neuron, a nested graph's Input): an identity map in between
+    pending = list(nodes_in)
+    while pending:
+        progress = False
+        for name in list(pending):
+            n = nodes_in[name]
+            kind = type(n).__name__
+            known = [p for p in preds[name] if p in nodes]
+            ready = kind == "Input" or (known and (kind in NEURON_IMPORTERS or len(known) == len(preds[name])))
+            if not ready:
+                continue
+            made = IMPORTERS[kind](name, n, nodes[known[0]].out_shape if known else None, ctx)
+            if isinstance(made, _Neuron):
+                nodes[name], folds[name] = made.node, made.fold
+            else:
+                nodes[name] = made
+            pending.remove(name)
+            progress = True
+        if not progress:
+            raise UnsupportedError(f"{where}: nodes not reachable from an Input: "
+                                   f"{', '.join(repr(p) for p in pending)}")
+    # neurons fed directly (by an Input, a neuron, a pool, a nested graph's Input): an identity synapse
     new_edges: list[tuple[str, str]] = []
     for a, b in edges:
-        if b in folds and not isinstance(nodes[a], ir.Affine):
+        if b in folds and not isinstance(nodes[a], ir.SYNAPSES):
             ident = f"{a}->{b}"
-            nodes[ident] = ir.Affine(ident, np.eye(size_of(b)), np.zeros(size_of(b)))
+            nodes[ident] = identity_synapse(ident, nodes[a].out_shape)
             new_edges += [(a, ident), (ident, b)]
         else:
             new_edges.append((a, b))
+    for pool, gain in ctx.gain_after.items():  # SumPool2d = k**2 AvgPool2d
+        stack = [b for a, b in new_edges if a == pool]
+        while stack:
+            s = stack.pop()
+            if isinstance(nodes[s], ir.Flatten):
+                stack += [b for a, b in new_edges if a == s]
+            elif isinstance(nodes[s], ir.SYNAPSES):
+                nodes[s] = nodes[s].replace(weight=nodes[s].weight * gain)
+            else:
+                raise UnsupportedError(f"{where}: node '{pool}' (SumPool2d) feeds {nodes[s].where()}: a pool must be "
+                                       f"followed by a synapse (Conv2d, or Flatten and Affine) it folds into")
     for a, b in new_edges:
         if b in folds:
-            aff = nodes[a]
-            nodes[a] = aff.replace(weight=aff.weight * folds[b][:, None], bias=aff.bias * folds[b])
+            nodes[a] = _scaled(nodes[a], folds[b], where)
+    li = [k for k, v in nodes_in.items() if type(v).__name__ == "LI"]
     for name in li:
         if any(not isinstance(nodes[b], ir.Output) for a, b in new_edges if a == name):
             raise UnsupportedError(f"{where}: node '{name}' (LI): supported as the readout (feeding the Output) only")
-        drive = sum(np.abs(nodes[a].weight).sum(axis=1) + np.abs(nodes[a].bias) for a, b in new_edges if b == name)
+        drive = sum(_abs_drive(nodes[a]) for a, b in new_edges if b == name)
         tau = nodes[name].tau
         theta = float(np.max(drive, initial=0.0)) * (tau if math.isfinite(tau) else LI_HEADROOM) * 2 or 1.0
         nodes[name] = nodes[name].replace(v_threshold=theta)
+    order = [k for k in nodes_in] + [k for k in nodes if k not in nodes_in]
     try:
-        graph = ir.Graph(tuple(nodes.values()), tuple(new_edges), {})
+        graph = ir.Graph(tuple(nodes[k] for k in order), tuple(new_edges), {})
+        graph = fold_linear(graph)
     except SpikeforgeError as exc:
-        raise SpikeforgeError(f"{where}: {exc}") from None
-    return graph, notes
+        raise type(exc)(f"{where}: {exc}") from None
+    return graph, ctx.notes
 
 
 def _quantization_notes(graph: ir.Graph, where: str) -> list[str]:
@@ -450,7 +621,9 @@ def _can_fire(graph: ir.Graph, node: ir.FixedLIF) -> bool:
         aff = graph.node(a)
         src = graph.node(graph.source_through_flatten(graph.predecessors(a)[0]))
         in_max = src.payload_max if isinstance(src, ir.Input) else 1
-        drive = drive + np.clip(aff.weight, 0, None).sum(axis=1) * in_max * 2.0**aff.weight_exp * 64
+        pos = np.clip(aff.weight, 0, None).reshape(aff.weight.shape[0], -1).sum(axis=1)
+        pos = np.repeat(pos, aff.out_size // pos.size)  # a conv: per channel, at every position
+        drive = drive + pos * in_max * 2.0**aff.weight_exp * 64
     if node.du < 4095:
         drive = drive * 4096 / (node.du + 1)
     if node.dv == 0:
@@ -504,13 +677,140 @@ def _export_problems(graph: ir.Graph) -> list[str]:
         elif isinstance(node, (ir.IF, ir.LIF)) and (node.reset == "subtract" or getattr(node, "refractory", 0)):
             problems.append(f"{node.where()}: reset='{node.reset}', refractory={getattr(node, 'refractory', 0)} "
                             f"have no NIR equivalent")
-        elif isinstance(node, (ir.ReLU, ir.Stochastic, ir.FixedStochastic)):
+        elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)):
+            t, l, b, r = node.padding
+            if (t, l) != (b, r):
+                problems.append(f"{node.where()}: padding (top, left, bottom, right) = {node.padding}: NIR's "
+                                f"Conv2d pads symmetrically (pad_h, pad_w)")
+            if node.groups != 1:
+                problems.append(f"{node.where()}: groups = {node.groups}: nir 1.0.8's type inference, Norse and "
+                                f"snnTorch read C_in = weight.shape[1], so the file would not load")
+        elif type(node) not in EXPORTERS:
             problems.append(f"{node.where()}: no NIR equivalent")
     return problems
 
 
+class _Export(NamedTuple):
+    """What the exporters share: the graph, one step in seconds, the target, per neuron layer
+    the factor on its incoming weights, each Input's payload for rate 1, Flattens left out."""
+
+    graph: ir.Graph
+    dt: float
+    target: str
+    weight_scale: dict[str, float]
+    payload: dict[str, int]
+    skip: set[str]
+
+
+#: IR node type -> (node, context) -> its NIR node. Adding a layer type means adding an entry.
+EXPORTERS = ir.Registry("NIR export")
+
+
+@EXPORTERS.register(ir.Input)
+def _export_input(node: ir.Input, ctx: _Export) -> Any:
+    import nir
+
+    # an affine map reads a flat vector: an (8, 8) input straight into one is written flat
+    flat = any(s in ctx.skip or isinstance(ctx.graph.node(s), (ir.Affine, ir.FixedAffine))
+               for s in ctx.graph.successors(node.name))
+    return nir.Input(input_type={"input": np.array((node.in_size,) if flat else node.shape)})
+
+
+@EXPORTERS.register(ir.Output)
+def _export_output(node: ir.Output, ctx: _Export) -> Any:
+    import nir
+
+    return nir.Output(output_type={"output": np.array(node.shape)})
+
+
+@EXPORTERS.register(ir.Flatten)
+def _export_flatten(node: ir.Flatten, ctx: _Export) -> Any:
+    """Dims written counted from the end (NIR's meaning per sample, and a torch consumer's
+    Flatten then leaves the batch dim alone)."""
+    import nir
+
+    s, e = node._span()
+    n = len(node.input_shape)
+    return nir.Flatten(input_type={"input": np.array(node.input_shape)}, start_dim=s - n, end_dim=e - n)
+
+
+@EXPORTERS.register(ir.AvgPool2d)
+def _export_pool(node: ir.AvgPool2d, ctx: _Export) -> Any:
+    import nir
+
+    t, l, b, r = node.padding
+    if (t, l) != (b, r):
+        raise UnsupportedError(f"{node.where()}: padding {node.padding}: NIR pads symmetrically")
+    return nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride), padding=np.array((t, l)))
+
+
+def _synapse_weights(node: ir.Node, ctx: _Export) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias per output neuron) in the units the consumer integrates: state units
+    (w 2**e << 6, times the payload of a rate 1) for fixed synapses, scaled by the target
+    layer's factor; the target FixedLIF's bias is carried by its first incoming synapse
+    (Lava adds it to v, not to u: through a current filter it is divided by its gain)."""
+    (dst,) = ctx.graph.successors(node.name)
+    k = ctx.weight_scale.get(dst, 1.0)
+    if isinstance(node, ir.FIXED_SYNAPSES):
+        src = ctx.graph.source_through_flatten(ctx.graph.predecessors(node.name)[0])
+        w = node.weight * 2.0**node.weight_exp * 64.0 * ctx.payload.get(src, 1)
+        b = np.zeros(node.out_size)
+    else:
+        w = node.weight
+        b = np.repeat(node.bias, node.out_size // node.bias.shape[0])
+    target = ctx.graph.node(dst)
+    if isinstance(target, ir.FixedLIF) and ctx.graph.predecessors(dst)[0] == node.name:
+        tau_syn = 4096.0 / (target.du + 1) if target.du < 4095 else 1.0
+        b = b + target.bias / tau_syn
+    return w * k, b * k
+
+
+@EXPORTERS.register(ir.Affine, ir.FixedAffine)
+def _export_affine(node: ir.Node, ctx: _Export) -> Any:
+    import nir
+
+    w, b = _synapse_weights(node, ctx)
+    return nir.Affine(w, b)
+
+
+@EXPORTERS.register(ir.Conv2d, ir.FixedConv2d)
+def _export_conv(node: ir.Node, ctx: _Export) -> Any:
+    """NIR Conv2d: input_shape (H, W), symmetric padding (pad_h, pad_w), a bias per channel."""
+    import nir
+
+    w, b = _synapse_weights(node, ctx)
+    per = b.reshape(node.out_shape[0], -1)
+    if not np.allclose(per, per[:, :1], rtol=1e-12, atol=0):
+        raise UnsupportedError(f"{node.where()}: the neurons it feeds have biases that differ within a channel; "
+                               f"NIR's Conv2d has one per channel")
+    t, l, _, _ = node.padding
+    return nir.Conv2d(input_shape=tuple(node.input_shape[1:]), weight=w, stride=tuple(node.stride),
+                      padding=(t, l), dilation=tuple(node.dilation), groups=node.groups, bias=per[:, 0].copy())
+
+
+@EXPORTERS.register(ir.FixedLIF)
+def _export_fixed_lif(node: ir.FixedLIF, ctx: _Export) -> Any:
+    ones = np.ones(node.shape)
+    theta = ones * float(node.vth_scaled)
+    v_reset = ones * (float(node.v_reset) if node.reset == "value" else 0.0)
+    tau = 4096.0 / node.dv if node.dv else math.inf
+    return _neuron(ones, theta, v_reset, tau, float(node.v_rest),
+                   4096.0 / (node.du + 1) if node.du < 4095 else 1.0, ctx.dt, ctx.target)
+
+
+@EXPORTERS.register(ir.IF, ir.LIF)
+def _export_float_neuron(node: ir.Node, ctx: _Export) -> Any:
+    ones = np.ones(node.shape)
+    theta = ones * node.v_threshold
+    tau = getattr(node, "tau", math.inf)
+    v_reset = ones * (node.v_reset if getattr(node, "reset", "zero") == "value" else 0.0)
+    return _neuron(ones, theta, v_reset, tau, getattr(node, "v_leak", 0.0), getattr(node, "tau_syn", 1.0),
+                   ctx.dt, ctx.target)
+
+
 def to_nir(graph: ir.Graph, dt: float = 1.0, target: str = "nir") -> "nir.NIRGraph":
-    """The NIR graph :func:`save_nir` writes (see the module docstring)."""
+    """The NIR graph :func:`save_nir` writes (see the module docstring); each node through
+    :data:`EXPORTERS`."""
     import nir
 
     if target not in TARGETS:
@@ -522,18 +822,16 @@ def to_nir(graph: ir.Graph, dt: float = 1.0, target: str = "nir") -> "nir.NIRGra
     problems = _export_problems(graph)
     if problems:
         raise UnsupportedError("cannot export to NIR: " + "; ".join(problems))
-    fixed = graph.is_fixed()
-    out: dict[str, Any] = {}
     # per neuron layer: (its threshold and gain as written) -> factor on its incoming weights
     weight_scale: dict[str, float] = {}
     for node in graph.nodes:
         if isinstance(node, ir.FixedLIF):
             weight_scale[node.name] = 4096.0 / node.dv if node.dv else 1.0
         elif isinstance(node, ir.LIF):
-            weight_scale[node.name] = (node.r if math.isfinite(node.tau) else node.r)
+            weight_scale[node.name] = node.r
     # a Flatten right after the Input of 1-D data is left out: consumers run it over the batch
     skip = {n.name for n in graph.of_type(ir.Flatten)
-            if isinstance(graph.node(graph.predecessors(n.name)[0]), ir.Input)}
+            if isinstance(graph.node(graph.predecessors(n.name)[0]), ir.Input) and len(n.out_shape) == 1}
     edges = []
     for a, b in graph.edges:
         if a in skip:
@@ -541,58 +839,19 @@ def to_nir(graph: ir.Graph, dt: float = 1.0, target: str = "nir") -> "nir.NIRGra
         if b in skip:
             b = graph.successors(b)[0]
         edges.append((a, b))
-    payload = {n.name: n.payload_max for n in graph.inputs}
-    for node in graph.nodes:
-        name = node.name
-        ones = np.ones(getattr(node, "size", 1))
-        if name in skip:
-            continue
-        if isinstance(node, ir.Input):
-            # an affine map reads a flat vector: an (8, 8) input straight into one is written flat
-            flat = any(s in skip or isinstance(graph.node(s), (ir.Affine, ir.FixedAffine)) for s in graph.successors(name))
-            shape = (node.in_size,) if flat else node.shape
-            out[name] = nir.Input(input_type={"input": np.array(shape)})
-        elif isinstance(node, ir.Output):
-            out[name] = nir.Output(output_type={"output": np.array(node.shape)})
-        elif isinstance(node, ir.Flatten):
-            out[name] = nir.Flatten(input_type={"input": np.array(node.input_shape)}, start_dim=0)
-        elif isinstance(node, (ir.Affine, ir.FixedAffine)):
-            (dst,) = graph.successors(name)
-            if isinstance(node, ir.FixedAffine):
-                src = graph.source_through_flatten(graph.predecessors(name)[0])
-                # state units per unit of source output: (w 2**e << 6), times the payload of a rate 1
-                w = node.weight * 2.0**node.weight_exp * 64.0 * payload.get(src, 1)
-                b = np.zeros(w.shape[0])
-            else:
-                w, b = node.weight, node.bias
-            k = weight_scale.get(dst, 1.0)
-            out[name] = nir.Affine(w * k, b * k)
-        elif isinstance(node, ir.FixedLIF):
-            first = graph.predecessors(name)[0]
-            k = weight_scale[name]
-            tau_syn = 4096.0 / (node.du + 1) if node.du < 4095 else 1.0
-            # Lava adds the bias to v, not to u: through a current filter it is divided by its gain
-            out[first] = nir.Affine(out[first].weight, out[first].bias + node.bias * k / tau_syn)
-            theta = ones * float(node.vth_scaled)
-            v_reset = ones * (float(node.v_reset) if node.reset == "value" else 0.0)
-            tau = 4096.0 / node.dv if node.dv else math.inf
-            out[name] = _neuron(nir, ones, theta, v_reset, tau, float(node.v_rest),
-                                4096.0 / (node.du + 1) if node.du < 4095 else 1.0, dt, target)
-        elif isinstance(node, (ir.IF, ir.LIF)):
-            theta = ones * node.v_threshold
-            tau = getattr(node, "tau", math.inf)
-            v_reset = ones * (node.v_reset if getattr(node, "reset", "zero") == "value" else 0.0)
-            out[name] = _neuron(nir, ones, theta, v_reset, tau, getattr(node, "v_leak", 0.0),
-                                getattr(node, "tau_syn", 1.0), dt, target)
+    ctx = _Export(graph, dt, target, weight_scale, {n.name: n.payload_max for n in graph.inputs}, skip)
+    out = {node.name: EXPORTERS.lookup(node)(node, ctx) for node in graph.nodes if node.name not in skip}
     meta: dict[str, Any] = {"dt": float(dt), "producer": PRODUCER, "target": target}
-    if fixed:
+    if graph.is_fixed():
         meta.update(_encode_spikeforge(graph))
     return nir.NIRGraph(nodes=out, edges=[list(e) for e in edges], metadata=meta)
 
 
-def _neuron(nir: Any, ones: np.ndarray, theta: np.ndarray, v_reset: np.ndarray, tau: float, v_leak: float,
+def _neuron(ones: np.ndarray, theta: np.ndarray, v_reset: np.ndarray, tau: float, v_leak: float,
             tau_syn: float, dt: float, target: str) -> Any:
     """One neuron layer, per step: v += (1 / tau)(v_leak - v) + I (the incoming weights carry tau)."""
+    import nir
+
     if tau_syn > 1:  # CubaLIF: I += (1 / tau_syn)(w_in x - I) with w_in = tau_syn: a gain of one
         tau_mem = tau if math.isfinite(tau) else IF_AS_LIF_STEPS
         return nir.CubaLIF(tau_syn=ones * tau_syn * dt, tau_mem=ones * tau_mem * dt, r=ones * (1.0 if math.isfinite(tau) else tau_mem),

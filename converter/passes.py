@@ -358,9 +358,10 @@ def convert(ann: ir.Graph, calib_x: np.ndarray, reset: ir.Reset = "subtract",
             payload_bits: int = 8, neuron: str = "if", seed: int = 0) -> ir.Graph:
     """The whole pipeline: fold_linear -> normalize -> relu_to_if -> quantize ->
     balance_latency. A graph that is already spiking (IF/LIF/Stochastic neurons, no ReLU: from
-    NIR or a spiking model) is only quantized and balanced."""
+    NIR or a spiking model) is only folded, quantized and balanced."""
     if not ann.of_type(ir.ReLU) and ann.of_type(ir.IF, ir.LIF, ir.Stochastic):
-        g = run_pipeline(ann, [("quantize", lambda g: quantize(g, payload_bits)),
+        g = run_pipeline(ann, [("fold_linear", fold_linear),  # pooling between spiking layers
+                               ("quantize", lambda g: quantize(g, payload_bits)),
                                ("balance_latency", balance_latency)])
         return g.with_metadata(neuron="spiking source")
     g = run_pipeline(ann, [

@@ -128,3 +128,72 @@ def test_nested_graph_and_scale(tmp_path):
     assert ("rleaky.w_rec", "rleaky.lif") in g.edges and not g.is_feedforward()
     q = convert(g, np.zeros((0, 6)))
     assert simulate(q, "cpu", random_inputs(3, 6), 8).result.spikes["rleaky.lif"].shape == (3, 9, 5)
+
+
+def _conv_graph(groups: int = 1, padding: object = (1, 1), pool: str = "SumPool2d") -> nir.NIRGraph:
+    rng = np.random.default_rng(0)
+    pool_node = getattr(nir, pool)(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0]))
+    return nir.NIRGraph(nodes={
+        "input": nir.Input(input_type={"input": np.array([2, 6, 6])}),
+        "conv": nir.Conv2d(input_shape=(6, 6), weight=rng.integers(-20, 40, (4, 2 // groups, 3, 3)).astype(float),
+                           stride=1, padding=padding, dilation=1, groups=groups, bias=np.zeros(4)),
+        "if1": nir.IF(r=np.ones((4, 6, 6)), v_threshold=np.full((4, 6, 6), 50.0), v_reset=np.zeros((4, 6, 6))),
+        "pool": pool_node,
+        "flat": nir.Flatten(input_type={"input": np.array([4, 3, 3])}, start_dim=0, end_dim=-1),
+        "fc": nir.Affine(rng.integers(-20, 40, (3, 36)).astype(float), np.zeros(3)),
+        "if2": nir.IF(r=np.ones(3), v_threshold=np.full(3, 60.0), v_reset=np.zeros(3)),
+        "output": nir.Output(output_type={"output": np.array([3])})},
+        edges=[("input", "conv"), ("conv", "if1"), ("if1", "pool"), ("pool", "flat"), ("flat", "fc"),
+               ("fc", "if2"), ("if2", "output")], type_check=groups == 1)
+
+
+def test_conv_and_pool_import(tmp_path):
+    """Conv2d ('same' padding, groups) and SumPool2d / AvgPool2d: the pool folds into the next
+    synapse (SumPool2d = 4 AvgPool2d here), the neurons keep their (C, H, W) shape."""
+    x = random_inputs(4, 72, seed=3)
+    sums = load_nir(_conv_graph(), 1.0)
+    avgs = load_nir(_conv_graph(pool="AvgPool2d"), 1.0)
+    assert not sums.of_type(ir.AvgPool2d) and sums.node("if1").shape == (4, 6, 6)
+    assert sums.node("conv").padding == (1, 1, 1, 1)
+    w_sum, w_avg = sums.node("fc").weight, avgs.node("fc").weight
+    assert w_sum.shape == (3, 144) and np.allclose(w_sum, 4 * w_avg)
+    same = load_nir(_conv_graph(groups=2, padding="same"), 1.0)  # in memory: nir cannot type-check groups
+    assert same.node("conv").groups == 2 and same.node("conv").padding == (1, 1, 1, 1)
+    q = convert(sums, np.zeros((0, 72)), payload_bits=1)
+    assert q.is_fixed() and q.of_type(ir.FixedConv2d)
+    assert simulate(q, "cpu", x, 16).result.spikes["if1"].shape == (4, 18, 144)  # T + 2 layers
+
+
+def test_conv1d_refused_by_name(tmp_path):
+    g = _conv_graph()
+    nodes = dict(g.nodes)
+    nodes["conv"] = nir.Conv1d(input_shape=6, weight=np.ones((4, 2, 3)), stride=1, padding=1, dilation=1,
+                               groups=1, bias=np.zeros(4))
+    with pytest.raises(UnsupportedError, match=r"NIR graph: node 'conv' \(Conv1d\): 1-D convolution is not supported"):
+        load_nir(nir.NIRGraph(nodes=nodes, edges=g.edges, type_check=False), 1.0)
+
+
+def test_conv_graph_round_trip_and_export_refusals(tmp_path):
+    """spikeforge -> NIR -> spikeforge of a quantized conv graph: identical; a float Conv2d
+    graph reads back the same weights; grouped and asymmetric convs are refused by name."""
+    q = convert(load_nir(_conv_graph(), 1.0), np.zeros((0, 72)), payload_bits=1).with_metadata(source="x")
+    save_nir(q, tmp_path / "q.nir")
+    h = load_nir(tmp_path / "q.nir")
+    assert [type(n) for n in h.nodes] == [type(n) for n in q.nodes]
+    x = random_inputs(6, 72, seed=4)
+    assert_identical(simulate(q, "cpu", x, 24).result, simulate(h, "cpu", x, 24).result)
+    kinds = {type(n).__name__ for n in nir.read(str(tmp_path / "q.nir")).nodes.values()}
+    assert {"Conv2d", "Flatten", "Affine", "IF"} <= kinds
+    f = load_nir(_conv_graph(), 1.0)
+    save_nir(f, tmp_path / "f.nir", dt=1.0)
+    back = load_nir(tmp_path / "f.nir")
+    assert np.allclose(back.node("conv").weight, f.node("conv").weight)
+    grouped = load_nir(_conv_graph(groups=2), 1.0)
+    with pytest.raises(UnsupportedError, match=r"g.nir: cannot export to NIR: node 'conv' \(Conv2d\): groups = 2"):
+        save_nir(grouped, tmp_path / "g.nir")
+    asym = ir.Graph((ir.Input("in", (1, 5, 5)), ir.Conv2d("c", (1, 5, 5), padding=(0, 0, 1, 1), weight=np.ones((2, 1, 2, 2))),
+                     ir.IF("n", 50, shape=(2, 5, 5), reset="zero"), ir.Output("out", (2, 5, 5))),
+                    (("in", "c"), ("c", "n"), ("n", "out")))
+    with pytest.raises(UnsupportedError, match=r"node 'c' \(Conv2d\): padding \(top, left, bottom, right\) = \(0, 0, 1, 1\)"):
+        save_nir(asym, tmp_path / "a.nir")
+    assert not (tmp_path / "a.nir").exists() and not (tmp_path / "g.nir").exists()
