@@ -106,10 +106,50 @@ def _read(source: "str | Path | nir.NIRGraph") -> tuple["nir.NIRGraph", str]:
     path = Path(source)
     if not path.is_file():
         raise SpikeforgeError(f"{path}: no such file (expected a NIR graph)")
-    try:
-        return nir.read(str(path)), str(path)
-    except Exception as exc:
-        raise SpikeforgeError(f"{path}: not a readable NIR file ({type(exc).__name__}: {str(exc)[:160]})") from None
+    return _read_isolated(path), str(path)
+
+
+#: Seconds a NIR file may take to read: HDF5 can loop forever inside C on a corrupted file.
+READ_TIMEOUT = 60.0
+
+
+def _read_isolated(path: Path, timeout: float = READ_TIMEOUT) -> "nir.NIRGraph":
+    """nir.read(path) in a forked child with a time limit, the graph pickled back through a
+    temporary file: a hostile file that hangs h5py is killed and refused, never hangs the caller."""
+    import multiprocessing
+    import pickle
+    import tempfile
+
+    import nir
+
+    with tempfile.TemporaryDirectory(prefix="spikeforge-nir-") as tmp:
+        result = Path(tmp) / "graph.pickle"
+
+        def child() -> None:
+            try:
+                payload: Any = ("ok", nir.read(str(path)))
+            except Exception as exc:  # reported by the parent as one line
+                payload = ("error", f"{type(exc).__name__}: {str(exc)[:160]}")
+            with open(result, "wb") as fh:
+                pickle.dump(payload, fh)
+
+        proc = multiprocessing.get_context("fork").Process(target=child, daemon=True)
+        proc.start()
+        try:
+            proc.join(timeout)
+        finally:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        if not result.is_file():
+            why = f"reading took over {timeout:.0f} s" if proc.exitcode in (None, -9) else \
+                f"the reader exited with code {proc.exitcode}"
+            raise SpikeforgeError(f"{path}: not a readable NIR file ({why})")
+        with open(result, "rb") as fh:
+            status, value = pickle.load(fh)  # written by our own child process
+    if status != "ok":
+        raise SpikeforgeError(f"{path}: not a readable NIR file ({value})")
+    return value
 
 
 def _inline(g: "nir.NIRGraph", where: str, prefix: str = "") -> tuple[dict[str, Any], list[tuple[str, str]]]:

@@ -6,7 +6,8 @@ a NIR file spikeforge wrote, each case read in a child process with a time limit
 Prints the outcome counts and keeps every hanging or crashing case as hang-N.nir / crash-N.nir
 in the current folder. Found so far: flipped bits in the vlen-string dataset 'node/edges' make
 h5py/HDF5 loop forever inside Dataset.__getitem__ (seed 1, case 82), which no Python-level
-timeout can interrupt: reading untrusted NIR files needs a child process with a time limit.
+timeout can interrupt: load_nir therefore reads files in a child process with a time limit
+(converter.nir_io.READ_TIMEOUT) and refuses such a file in one line.
 """
 
 from __future__ import annotations

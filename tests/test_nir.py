@@ -197,3 +197,22 @@ def test_conv_graph_round_trip_and_export_refusals(tmp_path):
     with pytest.raises(UnsupportedError, match=r"node 'c' \(Conv2d\): padding \(top, left, bottom, right\) = \(0, 0, 1, 1\)"):
         save_nir(asym, tmp_path / "a.nir")
     assert not (tmp_path / "a.nir").exists() and not (tmp_path / "g.nir").exists()
+
+
+def test_a_reader_that_hangs_is_killed_and_refused(tmp_path, monkeypatch):
+    """Corrupted HDF5 can make h5py loop forever inside C (scripts/fuzz_nir.py found one): the
+    file is read in a child process with a time limit, so the caller gets one line instead."""
+    import time
+
+    import nir
+
+    from spikeforge.converter import nir_io
+    from spikeforge.errors import SpikeforgeError
+
+    path = tmp_path / "hang.nir"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    monkeypatch.setattr(nir, "read", lambda p: time.sleep(60))  # stands in for the C-level loop
+    t0 = time.monotonic()
+    with pytest.raises(SpikeforgeError, match=r"hang.nir: not a readable NIR file \(reading took over 1 s\)"):
+        nir_io._read_isolated(path, timeout=1.0)
+    assert time.monotonic() - t0 < 10
