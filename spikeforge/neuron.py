@@ -160,3 +160,50 @@ def dense(weight: np.ndarray, exp: int, s: np.ndarray, max_input: int) -> np.nda
     dt = exact_float_dtype(weight.shape[1], int(np.abs(weight).max(initial=0)), max_input)
     acc = np.rint(s.astype(dt) @ weight.T.astype(dt)).astype(np.int64)
     return shift(acc, exp)
+
+
+# -- the reference simulation -------------------------------------------------------------------
+def reference_synaptic_input(net, proj, s: np.ndarray) -> np.ndarray:
+    """a = floor(W s 2**weight_exp) for spikes/payloads s (..., src) -> (..., dst) in numpy,
+    dense or convolution (``net``: a spikeforge.network.Network, ``proj`` one of its Projections)."""
+    max_input = net.input.payload_max if proj.graded else 1
+    if proj.conv is None:
+        return dense(proj.weight, proj.weight_exp, s, max_input)
+    from spikeforge.conv import conv2d_int
+
+    lead = s.shape[:-1]
+    acc = conv2d_int(s.reshape(-1, s.shape[-1]), proj.weight, proj.conv, max_input)
+    return shift(acc.reshape(*lead, -1), proj.weight_exp)
+
+
+def _reference_neuron_step(layer, state: LIFState, a: np.ndarray, t: int, offset: int) -> tuple[LIFState, np.ndarray]:
+    params = layer.params
+    if layer.stochastic:
+        r = uniform_ints(params.seed, np.arange(offset, offset + a.shape[0]), t, a.shape[1], params.vth << 6)
+        return state, stochastic_step(params, a, r)
+    return lif_step(params, state, a)
+
+
+def reference_simulate(net, payloads: np.ndarray, offset: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The plain numpy simulation of a Network, step by step (every graph; the semantics the
+    fast cpu backend must reproduce bit for bit): all layers update synchronously from the
+    previous step's spikes. payloads int (batch, steps, inputs) -> ({layer: bool (batch, steps,
+    n)}, readout v after the last step)."""
+    payloads = np.asarray(payloads, np.int64)
+    batch, steps, _ = payloads.shape
+    states = {l.name: lif_init(batch, l.size) for l in net.layers}
+    spikes = {l.name: np.zeros((batch, steps, l.size), bool) for l in net.layers}
+    prev = {l.name: np.zeros((batch, l.size), np.int64) for l in net.layers}
+    prev[net.input.name] = np.zeros((batch, net.input.size), np.int64)
+    for t in range(steps):
+        new = {}
+        for layer in net.layers:
+            a = np.zeros((batch, layer.size), np.int64)
+            for proj in net.incoming(layer.name):
+                a += reference_synaptic_input(net, proj, prev[proj.src])
+            states[layer.name], s = _reference_neuron_step(layer, states[layer.name], a, t, offset)
+            spikes[layer.name][:, t] = s
+            new[layer.name] = s.astype(np.int64)
+        new[net.input.name] = payloads[:, t]
+        prev = new
+    return spikes, states[net.readout].v

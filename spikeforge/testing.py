@@ -110,3 +110,37 @@ def rewrite_graph_file(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         zout.writestr("graph.json", json.dumps(doc))
         for name, data in contents.items():
             zout.writestr(name, data)
+
+
+def random_conv_graph(input_shape: Sequence[int] = (1, 28, 28), channels: Sequence[int] = (32, 64, 64),
+                      strides: Sequence[int] = (1, 2, 2), n_out: int = 10, seed: int = 0,
+                      reset: str = "subtract", du: int = 4095, dv: int = 0, kernel: int = 3,
+                      padding: int = 1) -> ir.Graph:
+    """Input(C, H, W) -> [FixedConv2d (kernel x kernel, padding) -> FixedLIF] per channel count
+    and stride -> Flatten -> FixedAffine -> FixedLIF(n_out) -> Output, random weights (seeded)."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in input_shape)
+    nodes: list[ir.Node] = [ir.Input("in", shape)]
+    edges: list[tuple[str, str]] = []
+    prev = "in"
+    for i, (c, st) in enumerate(zip(channels, strides), start=1):
+        w = rng.integers(-128, 128, size=(c, shape[0], kernel, kernel))
+        w[rng.random(w.shape) < 0.3] = 0
+        conv = ir.FixedConv2d(f"conv{i}", shape, (st, st), (padding, padding), weight=w,
+                              weight_exp=int(rng.integers(-6, -3)) if i == 1 else int(rng.integers(-3, 0)))
+        out = conv.geometry.output_shape
+        n = int(np.prod(out))
+        nodes += [conv, ir.FixedLIF(f"lif{i}", n, shape=out, vth=int(rng.integers(50, 400)), du=du, dv=dv,
+                                    bias_mant=rng.integers(-300, 600, size=n), bias_exp=int(rng.integers(0, 3)),
+                                    reset=reset)]
+        edges += [(prev, f"conv{i}"), (f"conv{i}", f"lif{i}")]
+        prev, shape = f"lif{i}", out
+    flat = int(np.prod(shape))
+    w = rng.integers(-128, 128, size=(n_out, flat))
+    w[rng.random(w.shape) < 0.3] = 0
+    nodes += [ir.Flatten("flat", shape), ir.FixedAffine("fc", w, int(rng.integers(-3, 0))),
+              ir.FixedLIF("out_lif", n_out, vth=int(rng.integers(50, 400)), du=du, dv=dv,
+                          bias_mant=rng.integers(-300, 600, size=n_out), bias_exp=0, reset=reset),
+              ir.Output("out", (n_out,))]
+    edges += [(prev, "flat"), ("flat", "fc"), ("fc", "out_lif"), ("out_lif", "out")]
+    return ir.Graph(tuple(nodes), tuple(edges))
