@@ -135,7 +135,7 @@ def check_payloads(net: Network, payloads: np.ndarray) -> np.ndarray:
         raise DataError(
             f"payloads: expected integers in [0, {net.input.payload_max}], found [{p.min()}, {p.max()}]"
         )
-    return p.astype(np.int32)
+    return p.astype(np.int32, copy=False)
 
 
 # -- preparation (once per compile) ------------------------------------------------------------
@@ -185,12 +185,15 @@ def _acc(prog: CpuProgram, syn: Synapse, s):
     else:
         x = s.reshape(len(s), *g.input_shape)
         t, l, b, r = g.padding
-        if t or l or b or r:
+        pad: tuple[int, int] = (0, 0)
+        if (t, l) == (b, r) and not prog.conv_im2col:
+            pad = (t, l)  # symmetric: conv2d pads itself, no padded copy
+        elif t or l or b or r:
             x = F.pad(x, (l, r, t, b))
         if prog.conv_im2col:
             y = _conv_im2col(x, syn.weight, g)
         else:
-            y = F.conv2d(x, syn.weight, stride=g.stride, dilation=g.dilation, groups=g.groups)
+            y = F.conv2d(x, syn.weight, stride=g.stride, padding=pad, dilation=g.dilation, groups=g.groups)
         y = y.reshape(len(s), -1)
     return y.mul_(syn.scale).floor_() if syn.scale != 1.0 else y
 
@@ -271,14 +274,20 @@ def _scan(prog: CpuProgram, nr: Neurons, inp: _Inputs, steps: int, batch: int, o
     th = p.vth << ACT_SHIFT
     lo, hi = -STATE_MAX + 1, STATE_MAX - 1
     if nr.kind == "if":  # u = wrap24(a << 6) (decay to 0), v = sat24(v + u + bias)
+        a_max = int(inp.values.abs().max()) << ACT_SHIFT
         w = inp.values.mul_(1 << ACT_SHIFT)  # ours: in place
-        if nr.wrap:
+        if nr.wrap and a_max >= STATE_MAX:  # the static bound allows a wrap, and these inputs reach it
             w = _wrap24(w)
         w += nr.bias
+        # |v| grows by at most max|w| per step (a reset moves v toward 0 or to v_reset, and a
+        # subtraction only happens above vth << 6 > 0, leaving v > 0): below 2**23 - 1, no saturation
+        reach = steps * (a_max + int(nr.bias.abs().max())) + abs(p.v_reset)  # |wrap24(x)| <= |x|
+        saturates = reach >= hi
         v = torch.zeros((batch, n), dtype=dt, device=dev)
         for t in range(steps):
             v += w[inp.rows[t]]
-            v.clamp_(lo, hi)
+            if saturates:
+                v.clamp_(lo, hi)
             s = spikes[t]
             torch.gt(v, th, out=s)
             if p.reset == "zero":
@@ -286,7 +295,7 @@ def _scan(prog: CpuProgram, nr: Neurons, inp: _Inputs, steps: int, batch: int, o
             elif p.reset == "value":
                 v.masked_fill_(s, p.v_reset)
             else:
-                v.sub_(s.to(dt), alpha=th)
+                v.sub_(s.view(torch.uint8), alpha=th)  # the bool's bytes, promoted: no copy
         return spikes, v
     # general LIF (spikeforge.neuron.lif_step), in int64
     u = torch.zeros((batch, n), dtype=dt, device=dev)
@@ -334,17 +343,17 @@ def _input_series(prog: CpuProgram, payloads: np.ndarray) -> tuple[Any, list[int
     """Payloads (B, steps, n) -> their distinct consecutive time slices (R, B, n) on the device
     and the row of each step."""
     torch = _torch()
-    p = torch.from_numpy(np.ascontiguousarray(payloads.transpose(1, 0, 2)))  # (steps, B, n)
-    steps = p.shape[0]
+    steps = payloads.shape[1]
     if steps > 1:
-        change = (p[1:] != p[:-1]).flatten(1).any(1)
-        rows = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(change.to(torch.int64), 0)])
-        starts = torch.cat([torch.zeros(1, dtype=torch.int64), torch.nonzero(change).flatten() + 1])
-        p = p[starts]
-        rows_l = rows.tolist()
+        change = np.flatnonzero((payloads[:, 1:] != payloads[:, :-1]).any(axis=(0, 2)))
+        starts = np.concatenate([[0], change + 1])
+        rows = np.zeros(steps, np.int64)
+        rows[change + 1] = 1
+        rows_l = np.cumsum(rows).tolist()
     else:
-        rows_l = [0] * steps
-    return p.to(prog.device), rows_l
+        starts, rows_l = np.zeros(1, np.int64), [0] * steps
+    p = np.ascontiguousarray(payloads[:, starts].transpose(1, 0, 2))  # (R, B, n)
+    return torch.from_numpy(p).to(prog.device), rows_l
 
 
 def _run(prog: CpuProgram, payloads: np.ndarray, offset: int, keep: set[str]) -> tuple[dict, np.ndarray]:
@@ -364,18 +373,26 @@ def _run_time_batched(prog: CpuProgram, payloads: np.ndarray, offset: int, keep:
     uses = {}
     for p in net.projections:
         uses[p.src] = uses.get(p.src, 0) + 1
+    # steps each layer is simulated for: all if recorded, else as long as a consumer needs it
+    consumers: dict[str, list[str]] = {}
+    for p in net.projections:
+        consumers.setdefault(p.src, []).append(p.dst)
+    need: dict[str, int] = {}
+    for nr in reversed(prog.layers):
+        name = nr.layer.name
+        need[name] = steps if name in keep else max([need[c] - 1 for c in consumers.get(name, [])] + [1])
     recorded, v_final = {}, None
     for nr in prog.layers:
         name = nr.layer.name
-        inp = _layer_inputs(prog, nr, sources, rows, steps, batch)
+        inp = _layer_inputs(prog, nr, sources, rows, need[name], batch)
         for syn in nr.synapses:  # free source trains nobody else reads
             uses[syn.proj.src] -= 1
             if uses[syn.proj.src] == 0 and syn.proj.src not in keep:
                 sources.pop(syn.proj.src, None)
-        s, v = _scan(prog, nr, inp, steps, batch, offset)
+        s, v = _scan(prog, nr, inp, need[name], batch, offset)
         del inp
         if uses.get(name):
-            sources[name], rows[name] = s, list(range(steps))
+            sources[name], rows[name] = s, list(range(need[name]))
         if name in keep:
             recorded[name] = s
         if name == net.readout:
