@@ -67,21 +67,24 @@ class CpuProgram(NamedTuple):
     device: str
     layers: tuple[Neurons, ...]
     conv_im2col: bool  # convolutions as unfold + matmul (exact on any device) instead of conv2d
+    closed_form: bool  # IF with reset by subtraction over all steps at once (else the step loop)
 
 
 class CpuBackend(Backend):
     """Options: ``device`` 'cpu' (default) or 'cuda'; ``threads`` (CPU intra-op threads, default
     torch's); ``time_batched`` (None: feedforward graphs); ``conv_im2col`` (None: on CUDA, whose
-    conv2d may use TF32 or Winograd, which are not exact)."""
+    conv2d may use TF32 or Winograd, which are not exact); ``closed_form`` (IF with reset by
+    subtraction as a cumulative sum and max over time, default; False: the step loop)."""
 
     name = "cpu"
 
     def __init__(self, time_batched: bool | None = None, device: str = "cpu", threads: int | None = None,
-                 conv_im2col: bool | None = None) -> None:
+                 conv_im2col: bool | None = None, closed_form: bool = True) -> None:
         if device not in DEVICES:
             raise SpikeforgeError(f"device: expected one of {', '.join(DEVICES)}, found '{device}'")
         self.time_batched, self.device, self.threads = time_batched, device, threads
         self.conv_im2col = (device == "cuda") if conv_im2col is None else conv_im2col
+        self.closed_form = closed_form
 
     def compile(self, graph: ir.Graph, **options: Any) -> CpuProgram:
         torch = _torch()
@@ -94,7 +97,8 @@ class CpuBackend(Backend):
         net = self.lower(graph)
         batched = net.feedforward if self.time_batched is None else (self.time_batched and net.feedforward)
         layers = tuple(_prepare_layer(net, l, self.device) for l in net.layers)
-        return CpuProgram(net, [l.name for l in net.layers], batched, self.device, layers, self.conv_im2col)
+        return CpuProgram(net, [l.name for l in net.layers], batched, self.device, layers, self.conv_im2col,
+                          self.closed_form)
 
     def run(self, program: CpuProgram, payloads: np.ndarray, sample_offset: int = 0,
             record: Iterable[str] | None = None) -> RunResult:
@@ -244,7 +248,8 @@ def _layer_inputs(prog: CpuProgram, nr: Neurons, sources: dict[str, Any], src_ro
     shared = len(structs) == 1
     rows_prev = list(next(iter(structs))) if shared else list(range(steps - 1))
     uniq = sorted(set(rows_prev))
-    values = torch.zeros((len(uniq) + 1, batch, n), dtype=nr.dtype, device=prog.device)
+    values = torch.empty((len(uniq) + 1, batch, n), dtype=nr.dtype, device=prog.device)
+    values[0] = 0
     for i, syn in enumerate(nr.synapses):
         src = sources[syn.proj.src]  # (R_src, B, n_src)
         pick = uniq if shared else src_rows[syn.proj.src][: steps - 1]
@@ -274,7 +279,7 @@ def _scan(prog: CpuProgram, nr: Neurons, inp: _Inputs, steps: int, batch: int, o
     th = p.vth << ACT_SHIFT
     lo, hi = -STATE_MAX + 1, STATE_MAX - 1
     if nr.kind == "if":  # u = wrap24(a << 6) (decay to 0), v = sat24(v + u + bias)
-        a_max = int(inp.values.abs().max()) << ACT_SHIFT
+        a_max = max(abs(int(m)) for m in inp.values.aminmax()) << ACT_SHIFT
         w = inp.values.mul_(1 << ACT_SHIFT)  # ours: in place
         if nr.wrap and a_max >= STATE_MAX:  # the static bound allows a wrap, and these inputs reach it
             w = _wrap24(w)
@@ -283,6 +288,8 @@ def _scan(prog: CpuProgram, nr: Neurons, inp: _Inputs, steps: int, batch: int, o
         # subtraction only happens above vth << 6 > 0, leaving v > 0): below 2**23 - 1, no saturation
         reach = steps * (a_max + int(nr.bias.abs().max())) + abs(p.v_reset)  # |wrap24(x)| <= |x|
         saturates = reach >= hi
+        if p.reset == "subtract" and not saturates and prog.closed_form:
+            return _if_subtract_closed(w, inp.rows, th, spikes)
         v = torch.zeros((batch, n), dtype=dt, device=dev)
         for t in range(steps):
             v += w[inp.rows[t]]
@@ -337,6 +344,39 @@ def _reset(p, v, s, dt):
     if p.reset == "value":
         return v.masked_fill(s, p.v_reset)
     return v - s.to(dt) * (p.vth << ACT_SHIFT)
+
+
+def _if_subtract_closed(w, rows: list[int], th: int, spikes):
+    """IF with reset by subtraction and no saturation, over all steps at once. With
+    C_t = sum_{k<=t} w_k and N_t the spikes up to t, v_t = C_t - th N_t and a spike at t iff
+    C_t > th (N_{t-1} + 1), i.e. floor((C_t - 1) / th) > N_{t-1}. Where no step's w exceeds th
+    (one spike per step is always enough), N_t = max(0, max_{k<=t} floor((C_k - 1) / th)):
+    a cumulative sum and a cumulative max over time. Neurons with some w_t > th run the loop."""
+    torch = _torch()
+    steps = spikes.shape[0]
+    if rows == list(range(len(w))) and len(w) == steps:
+        wf = w
+    else:
+        wf = w.index_select(0, torch.tensor(rows, device=w.device))
+    c = torch.cumsum(wf, 0, dtype=w.dtype)
+    k = torch.div(c - 1, th, rounding_mode="floor")
+    k = torch.cummax(k, 0).values.clamp_(min=0)
+    spikes[0] = k[0] > 0
+    torch.gt(k[1:], k[:-1], out=spikes[1:])
+    v = c[-1] - th * k[-1]
+    del c, k
+    bad = (wf > th).any(0)  # (B, n): neurons that may owe two spikes at once
+    if bool(bad.any()):
+        wb = wf[:, bad]
+        vb = torch.zeros_like(wb[0])
+        sb = torch.empty(wb.shape, dtype=torch.bool, device=w.device)
+        for t in range(steps):
+            vb += wb[t]
+            torch.gt(vb, th, out=sb[t])
+            vb.sub_(sb[t].view(torch.uint8), alpha=th)
+        spikes[:, bad] = sb
+        v[bad] = vb
+    return spikes, v
 
 
 def _input_series(prog: CpuProgram, payloads: np.ndarray) -> tuple[Any, list[int]]:
