@@ -74,17 +74,17 @@ class CpuBackend(Backend):
     """Options: ``device`` 'cpu' (default) or 'cuda'; ``threads`` (CPU intra-op threads, default
     torch's); ``time_batched`` (None: feedforward graphs); ``conv_im2col`` (None: on CUDA, whose
     conv2d may use TF32 or Winograd, which are not exact); ``closed_form`` (IF with reset by
-    subtraction as a cumulative sum and max over time, default; False: the step loop)."""
+    subtraction as a cumulative sum and max over time; None: on CUDA, where it saves launches)."""
 
     name = "cpu"
 
     def __init__(self, time_batched: bool | None = None, device: str = "cpu", threads: int | None = None,
-                 conv_im2col: bool | None = None, closed_form: bool = True) -> None:
+                 conv_im2col: bool | None = None, closed_form: bool | None = None) -> None:
         if device not in DEVICES:
             raise SpikeforgeError(f"device: expected one of {', '.join(DEVICES)}, found '{device}'")
         self.time_batched, self.device, self.threads = time_batched, device, threads
         self.conv_im2col = (device == "cuda") if conv_im2col is None else conv_im2col
-        self.closed_form = closed_form
+        self.closed_form = (device == "cuda") if closed_form is None else closed_form
 
     def compile(self, graph: ir.Graph, **options: Any) -> CpuProgram:
         torch = _torch()
@@ -291,12 +291,13 @@ def _scan(prog: CpuProgram, nr: Neurons, inp: _Inputs, steps: int, batch: int, o
         if p.reset == "subtract" and not saturates and prog.closed_form:
             return _if_subtract_closed(w, inp.rows, th, spikes)
         v = torch.zeros((batch, n), dtype=dt, device=dev)
+        tht = torch.tensor(th, dtype=dt, device=dev)  # a same-typed 0-d threshold compares faster
         for t in range(steps):
             v += w[inp.rows[t]]
             if saturates:
                 v.clamp_(lo, hi)
             s = spikes[t]
-            torch.gt(v, th, out=s)
+            torch.gt(v, tht, out=s)
             if p.reset == "zero":
                 v.masked_fill_(s, 0)
             elif p.reset == "value":

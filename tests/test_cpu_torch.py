@@ -81,7 +81,7 @@ def test_torch_paths_equal_numpy_reference(kind, encoding):
     want = reference(graph, p, offset=5)
     rates = [s.mean() for s in want.spikes.values()]
     assert all(0.0 < r < 1.0 for r in rates), rates  # every layer lively: a wrong step shows
-    for options in ({}, {"time_batched": False}, {"conv_im2col": True}, {"closed_form": False}):
+    for options in ({}, {"time_batched": False}, {"conv_im2col": True}, {"closed_form": True}):
         be = CpuBackend(**options)
         assert_identical(want, be.run(be.compile(graph), p, sample_offset=5))
 
