@@ -66,7 +66,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/backends.py
+	$(PY) benchmarks/bench.py $(BENCH)
+	$(PY) benchmarks/gpu.py
 
 examples: $(STAMP)
 	for f in relu_convergence stochastic_network robustness recurrent_dynamics voltage_trace sequence_lif; do \

@@ -1,4 +1,4 @@
-"""The ``spikeforge`` command line: train, convert, export, simulate, verify, analyze, check, inspect,
+"""The ``spikeforge`` command line: train, convert, export, simulate, verify, sweep, analyze, check, inspect,
 deploy, report, hardware."""
 
 from __future__ import annotations
@@ -291,10 +291,12 @@ def _ann_accuracy(ann: "ir.Graph | None", x: np.ndarray, y: np.ndarray) -> float
 def cmd_simulate(args: argparse.Namespace) -> int:
     from spikeforge.runner import simulate
 
+    _device_backend(args)
     snn, ann = _graphs(args.graph)
     x, y = _samples(snn, args.data, args.limit)
     with _naming(args.graph):
-        sim = simulate(snn, args.backend, x, _timesteps(args, x), args.encoding, args.seed)
+        options = {"device": args.device} if args.device != "cpu" else {}
+        sim = simulate(snn, args.backend, x, _timesteps(args, x), args.encoding, args.seed, **options)
     acc = float((sim.predictions == y).mean())
     ann_acc = _ann_accuracy(ann, x if x.ndim == 2 else x.mean(axis=1), y)
     rates = {k: float(v.mean()) for k, v in sim.result.spikes.items()}
@@ -309,6 +311,47 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"ANN accuracy (source model): {100 * ann_acc:.2f}%  (difference {100 * (acc - ann_acc):+.2f} points)")
     print("firing rate per layer: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
     return 0
+
+
+def _device_backend(args: argparse.Namespace) -> None:
+    if args.device != "cpu" and args.backend != "cpu":
+        raise SpikeforgeError(f"--device {args.device}: only the cpu backend runs on a torch device, found --backend {args.backend}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from spikeforge import sweep
+
+    def ints(text: str, what: str) -> list[int]:
+        try:
+            return [int(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise SpikeforgeError(f"{what}: expected comma-separated integers, found {text!r}") from None
+
+    _device_backend(args)
+    snn, ann = _graphs(args.graph)
+    x, y = _samples(snn, args.data, args.limit)
+    sweep.outputs(args.output)
+    timesteps = ints(args.timesteps, "--timesteps")
+    encodings = [e.strip() for e in args.encoding.split(",") if e.strip()]
+    with _naming(args.graph):
+        res = sweep.sweep(args.graph, x, y, timesteps, encodings, args.backend, args.device, args.workers,
+                          args.ray, args.shard_size, args.seed, ann)
+    paths = sweep.write(res, args.output, {"graph": args.graph, "data": args.data, "backend": args.backend,
+                                          "samples": int(len(y)), "shard_size": args.shard_size})
+    for f in res.failures:
+        print(f"spikeforge: error: task T={f['timesteps']} {f['encoding']} shard {f['shard']} "
+              f"(samples {f['start']}..{f['stop'] - 1}) failed: {f['error']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"table": res.table(), "ann_accuracy": res.ann_accuracy, "failures": res.failures,
+                          "runner": res.runner, "seconds": res.seconds, "files": [str(p) for p in paths]}))
+    else:
+        print(f"{len(y)} samples, {res.runner}, {res.seconds:.2f} s" +
+              (f"; ANN accuracy {100 * res.ann_accuracy:.2f}%" if res.ann_accuracy is not None else ""))
+        for r in res.rows:
+            acc = "failed" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"
+            print(f"  T={r.timesteps:<5} {r.encoding:<8} {acc}")
+        print("wrote " + ", ".join(map(str, paths)))
+    return 1 if res.failures else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -505,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("graph")
         if name == "simulate":
             s.add_argument("--backend", default="cpu")
+            s.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu backend: torch device")
         else:
             s.add_argument("--backends", default="cpu,lava,brian2")
         s.add_argument("--data", required=True)
@@ -515,6 +559,22 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=_seed, default=0)
         s.add_argument("--json", action="store_true")
         s.set_defaults(fn=fn)
+
+    w = sub.add_parser("sweep", help="accuracy over T (and encodings) in parallel: local workers or a Ray cluster")
+    w.add_argument("graph")
+    w.add_argument("--data", required=True)
+    w.add_argument("--timesteps", default="4,8,16,32,64", help="comma-separated T values")
+    w.add_argument("--encoding", default="current", help="comma-separated: current,rate")
+    w.add_argument("--backend", default="cpu")
+    w.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    w.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="local worker processes (1: serial)")
+    w.add_argument("--ray", metavar="ADDRESS", help="run the tasks on the Ray cluster at ADDRESS ('auto': the running one)")
+    w.add_argument("--shard-size", type=_positive, default=256, help="samples per task")
+    w.add_argument("--limit", type=_positive, default=None)
+    w.add_argument("--seed", type=_seed, default=0)
+    w.add_argument("--json", action="store_true")
+    w.add_argument("-o", "--output", default="sweep.json", help="the JSON table; .csv and .png beside it")
+    w.set_defaults(fn=cmd_sweep)
 
     a = sub.add_parser("analyze", help="per-layer ANN vs SNN rates, accuracy against T, raster (PNG)")
     a.add_argument("graph")

@@ -1,0 +1,113 @@
+"""spikeforge sweep: the (T, encoding) x shard grid serially, in local worker processes and on a
+real local Ray cluster gives one table; failed tasks are reported by grid point and shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spikeforge import data, graphio, ir, sweep
+from spikeforge.converter.passes import convert
+from spikeforge.runner import simulate
+
+CLI = [sys.executable, "-m", "spikeforge.cli"]
+
+
+def ann_graph(seed: int = 0) -> ir.Graph:
+    rng = np.random.default_rng(seed)
+    return ir.Graph((ir.Input("in", (64,)), ir.Affine("fc1", rng.normal(0, 0.25, (24, 64)), rng.normal(0, 0.1, 24)),
+                     ir.ReLU("r1", 24), ir.Affine("fc2", rng.normal(0, 0.3, (10, 24)), np.zeros(10)),
+                     ir.ReLU("r2", 10), ir.Output("out", (10,))),
+                    (("in", "fc1"), ("fc1", "r1"), ("r1", "fc2"), ("fc2", "r2"), ("r2", "out")))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("sweep")
+    ds = data.load("digits")
+    ds = ds._replace(x=ds.x[:150], y=ds.y[:150])
+    data.save_npz(d / "test.npz", ds)
+    ann = ann_graph()
+    graphio.save(d / "net.sfg", snn=convert(ann, ds.x.reshape(len(ds.x), -1)), ann=ann)
+    return d
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def _load(d: Path, name: str) -> dict:
+    return json.loads((d / name).read_text())
+
+
+def test_workers_equal_serial_and_outputs(files):
+    base = ["sweep", "net.sfg", "--data", "test.npz", "--timesteps", "4,8,16", "--encoding", "current,rate",
+            "--shard-size", "40"]
+    r1 = cli(*base, "--workers", "1", "-o", "serial.json", cwd=files)
+    assert r1.returncode == 0, r1.stderr
+    r2 = cli(*base, "--workers", "2", "-o", "two.json", cwd=files)
+    assert r2.returncode == 0, r2.stderr
+    serial, two = _load(files, "serial.json"), _load(files, "two.json")
+    assert serial["runner"] == "serial" and two["runner"] == "workers 2"
+    assert serial["table"] == two["table"] and not two["failures"]
+    assert [(r["timesteps"], r["encoding"]) for r in serial["table"]] == [
+        (t, e) for t in (4, 8, 16) for e in ("current", "rate")]
+    assert all(r["samples"] == 150 for r in serial["table"])
+    # the table's current-input accuracy is what simulate gives on the whole data set
+    snn = graphio.load(files / "net.sfg")
+    ds = data.load(str(files / "test.npz"))
+    sim = simulate(snn, "cpu", ds.x.reshape(len(ds.x), -1), 8)
+    row = next(r for r in serial["table"] if r["timesteps"] == 8 and r["encoding"] == "current")
+    assert row["correct"] == int((sim.predictions == ds.y).sum())
+    assert serial["ann_accuracy"] is not None
+    csv_lines = (files / "serial.csv").read_text().strip().splitlines()
+    assert csv_lines[0].startswith("timesteps,encoding,samples,correct,accuracy") and len(csv_lines) == 7
+    png = (files / "serial.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    img = matplotlib.image.imread(files / "serial.png")
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_ray_equals_serial_and_failures_reported(files):
+    import ray
+
+    ds = data.load(str(files / "test.npz"))
+    x, y = ds.x.reshape(len(ds.x), -1).copy(), ds.y
+    x[45] = 2.0  # shard 1 (samples 40..79) cannot be encoded: its tasks fail, the others count
+    ann = graphio.load(files / "net.sfg", "ann")
+    kw = dict(timesteps=[4, 16], encodings=["current", "rate"], shard_size=40, ann=ann)
+    serial = sweep.sweep(files / "net.sfg", x, y, **kw)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
+    try:
+        remote = sweep.sweep(files / "net.sfg", x, y, ray_address="auto", **kw)
+    finally:
+        ray.shutdown()
+    assert remote.runner == "ray auto"
+    assert remote.table() == serial.table()
+    assert remote.failures == serial.failures
+    assert sorted((f["timesteps"], f["encoding"], f["shard"]) for f in remote.failures) == [
+        (t, e, 1) for t in (4, 16) for e in ("current", "rate")]
+    assert all("expected values in [0, 1]" in f["error"] for f in remote.failures)
+    assert all(r.accuracy is None and r.failed_shards == (1,) and r.samples == 150 for r in remote.rows)
+    assert all(r.correct > 0 for r in remote.rows)  # the other shards still counted
+    jp, cp, pp = sweep.write(remote, files / "ray.json")
+    assert _load(files, "ray.json")["failures"] == remote.failures and pp.stat().st_size > 1000
+
+
+def test_bad_arguments(files):
+    r = cli("sweep", "net.sfg", "--data", "test.npz", "--encoding", "current,poisson", "-o", "x.json", cwd=files)
+    assert r.returncode == 2 and "--encoding: expected values among current,rate, found 'poisson'" in r.stderr
+    r = cli("sweep", "net.sfg", "--data", "test.npz", "-o", "x.csv", cwd=files)
+    assert r.returncode == 2 and "x.csv: expected an output file name ending in .json" in r.stderr
+    assert not (files / "x.json").exists()
+    r = cli("simulate", "net.sfg", "--data", "test.npz", "--backend", "lava", "--device", "cuda", cwd=files)
+    assert r.returncode == 2 and "--device cuda: only the cpu backend runs on a torch device" in r.stderr
