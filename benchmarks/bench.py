@@ -10,8 +10,9 @@ Per network, batch and T: samples/s and peak RSS of
 with every column's ratio to cpu. Networks are float ANNs with random weights converted by
 spikeforge (conversion timed too): the demo MLP 64-96-48-10, 784-1024-1024-10,
 784-4096-4096-10 and the 28x28 CNN (3x3 convs 32-64-64, strides 1-2-2, Linear to 10).
-Best of --repeats runs (one when a run takes over 5 s). Peak RSS: the process's resident set
-sampled during the run (MB, interpreter and libraries included).
+Best of --repeats runs (one when a run takes over 5 s), one torch thread unless --threads.
+Peak RSS: the process's resident set sampled during the run (MB, interpreter and libraries
+included). The default rows are a quick subset (a few minutes on 2 cores); --full runs the grid.
 
     python benchmarks/bench.py [--full] [--nets mlp,cnn] [--batches 1,64] [--timesteps 32] [--json]
 """
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peer-samples", type=int, default=8, help="samples lava and brian2 run")
     ap.add_argument("--no-peers", action="store_true", help="skip lava and brian2")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every column (default 1, "
+                    "as the peers were measured; 0: torch's default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
