@@ -200,8 +200,11 @@ def bench_net(name: str, rows: list[tuple[int, int]], repeats: int, peers_n: int
         x = random_inputs(peers_n, n_in, seed=2)
         for T in sorted({T for _, T in rows}):
             for peer in ("lava", "brian2"):
-                m = measure(lambda: simulate(snn, peer, x, T), peers_n, 1)
-                m["ratio_cpu_to_peer"] = cpu_best[T] / m["samples_per_s"]
+                try:
+                    m = measure(lambda: simulate(snn, peer, x, T), peers_n, 1)
+                    m["ratio_cpu_to_peer"] = cpu_best[T] / m["samples_per_s"]
+                except Exception as exc:  # a peer's failure is reported, the table still printed
+                    m = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
                 res.setdefault("peers", []).append({"backend": peer, "T": T, "samples": peers_n, **m})
     for row in res["rows"]:
         c = row["cpu"]["samples_per_s"]
@@ -256,6 +259,9 @@ def print_net(r: dict) -> None:
               f"{i['samples_per_s']:>9.0f} {i['peak_rss_mb']:>6.0f} {i['cpu_ratio']:>6.2f} | "
               f"{a['samples_per_s']:>9.0f} {a['peak_rss_mb']:>6.0f} {a['cpu_ratio']:>7.2f}")
     for p in r.get("peers", []):
+        if "error" in p:
+            print(f"  {p['backend']:<6} T={p['T']:<4} failed: {p['error']}")
+            continue
         print(f"  {p['backend']:<6} T={p['T']:<4} {p['samples']} samples: {p['samples_per_s']:.2f} samples/s, "
               f"{p['peak_rss_mb']:.0f} MB; cpu (best batch) is {p['ratio_cpu_to_peer']:.0f}x faster")
 

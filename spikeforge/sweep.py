@@ -109,13 +109,12 @@ def run_task(graph_bytes: bytes, backend: str, device: str, task: Task, x: np.nd
              seed: int) -> TaskResult:
     """Evaluate one (grid point, shard): x, y are the shard's samples. Never raises: a failure
     comes back in ``error``."""
-    from spikeforge.encoding import encode
+    from spikeforge.runner import _payloads
 
     t0 = time.perf_counter()
     try:
         be, prog, net = _program(graph_bytes, backend, device)
-        payloads = encode(np.asarray(x, np.float64).reshape(len(x), -1), task.timesteps, net.depth,
-                          net.input.payload_max, task.encoding, seed + task.start)
+        payloads = _payloads(net, x, task.timesteps, task.encoding, seed + task.start)  # as runner.simulate
         extra = {"record": [net.readout]} if backend == "cpu" else {}
         result = be.run(prog, payloads, sample_offset=task.start, **extra)
         correct = int((result.predictions == np.asarray(y)).sum())
@@ -174,8 +173,9 @@ def sweep(graph_path: str | os.PathLike[str], x: np.ndarray, y: np.ndarray, time
     (grid point, shard) tasks: serially (workers 1), in ``workers`` local processes, or on the
     Ray cluster at ``ray_address`` ('auto': the running one). ``ann``: its accuracy is reported."""
     graph_bytes = Path(graph_path).read_bytes()
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
-    y = np.asarray(y)
+    from spikeforge.runner import _as_samples
+
+    x, y = _as_samples(x), np.asarray(y)  # rates (samples, features) or spike trains (samples, T, inputs)
     tasks = plan(timesteps, encodings, len(x), shard_size)
     args_list = [(graph_bytes, backend, device, t, x[t.start:t.stop], y[t.start:t.stop], seed) for t in tasks]
     t0 = time.perf_counter()
@@ -190,7 +190,7 @@ def sweep(graph_path: str | os.PathLike[str], x: np.ndarray, y: np.ndarray, time
     if ann is not None:
         from spikeforge.converter.ann import predict
 
-        ann_acc = float((predict(ann, x) == y).mean())
+        ann_acc = float((predict(ann, x if x.ndim == 2 else x.mean(axis=1)) == y).mean())
     return _gather(results, timesteps, encodings, ann_acc, seconds, runner)
 
 
