@@ -50,6 +50,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from spikeforge import ir
+from spikeforge.fixedpoint import ACT_SHIFT, DECAY_UNITY, STATE_MAX
 from spikeforge.backends.base import Backend, RunResult
 from spikeforge.errors import BackendUnavailable, DataError, SpikeforgeError, UnsupportedError
 from spikeforge.network import Network, Projection
@@ -63,8 +64,8 @@ MAX_SYNAPSES = 2_000_000
 
 _INT = np.int64
 # 24-bit state: u wraps and v saturates around 2**23 (spikeforge.neuron, Lava 0.10).
-_HALF = 2**23
-_FULL = 2**24
+_HALF = STATE_MAX
+_FULL = 2 * STATE_MAX
 
 
 @dataclass
@@ -219,7 +220,7 @@ def _stochastic_equations(n_in: int, window: bool) -> str:
 
 def _trunc4096(x: str) -> str:
     """trunc(x / 4096) toward zero, in integers only (Lava: sign(x) * (|x| >> 12))."""
-    return f"(int({x} >= 0) * ({x} // 4096) - int({x} < 0) * ((-{x}) // 4096))"
+    return f"(int({x} >= 0) * ({x} // {DECAY_UNITY}) - int({x} < 0) * ((-{x}) // {DECAY_UNITY}))"
 
 
 def _input_code(n_in: int, window: bool) -> list[str]:
@@ -246,7 +247,7 @@ def _lif_update(node: ir.FixedLIF, n_in: int, window: bool) -> str:
     code = _input_code(n_in, window)
     code += [
         f"p_u = {keep}u * fu",
-        f"x_u = {_trunc4096('p_u')} + a_in * 64",
+        f"x_u = {_trunc4096('p_u')} + a_in * {1 << ACT_SHIFT}",
         # wrap24: a value > 2**23 loses 2**24; then a value <= -2**23 gains 2**24 (from x)
         f"w_u = x_u - {_FULL} * int(x_u > {_HALF})",
         f"u = w_u + int(w_u <= -{_HALF}) * (x_u + {_FULL} - w_u)",
@@ -285,7 +286,7 @@ def _stochastic_update(n_in: int, window: bool, draws: str) -> str:
     """Memoryless: z = (a << 6) + bias, and this step's draw r (computed outside, by
     spikeforge.neuron.uniform_ints) read from the TimedArray ``draws``; threshold z > r."""
     code = _input_code(n_in, window)
-    code += ["z = a_in * 64 + bias", f"r = int({draws}(t, i))"]
+    code += [f"z = a_in * {1 << ACT_SHIFT} + bias", f"r = int({draws}(t, i))"]
     return "\n".join(code)
 
 
@@ -351,8 +352,8 @@ class _Model:
                                name=f"sf_layer{li}", **common)
             g.bias = np.tile(np.asarray(node.bias, _INT), copies)
             if not layer.stochastic:
-                g.fu = 4096 - node.du - 1
-                g.fv = 4096 - node.dv
+                g.fu = DECAY_UNITY - node.du - 1
+                g.fv = DECAY_UNITY - node.dv
                 g.vth = node.vth_scaled
                 g.vrest = node.v_rest
                 if node.reset == "value":
@@ -449,7 +450,7 @@ def _draws(layer, samples: np.ndarray, steps: int) -> np.ndarray:
     p = layer.params
     out = np.empty((len(samples), steps, layer.size), _INT)
     for t in range(steps):
-        out[:, t] = uniform_ints(p.seed, samples, t, layer.size, p.vth << 6)
+        out[:, t] = uniform_ints(p.seed, samples, t, layer.size, p.vth << ACT_SHIFT)
     return out
 
 

@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
-from spikeforge import ir
+from spikeforge import fixedpoint, ir
 from spikeforge.backends.base import Backend, RunResult
 from spikeforge.backends.cpu import check_payloads
 from spikeforge.errors import BackendUnavailable, SpikeforgeError, UnsupportedError
@@ -81,7 +81,7 @@ SPIKES_PER_WORD = 52  # must equal lava_procs.process.SPIKES_PER_WORD
 
 
 #: spikeforge reset names -> SpikeforgeLIF reset codes (= lava_procs.process.RESET_CODES).
-RESET_CODES = {"zero": 0, "subtract": 1, "value": 2}
+RESET_CODES = dict(fixedpoint.RESET_CODES)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spikeforge import ir
+from spikeforge import fixedpoint, ir
 from spikeforge.errors import UnsupportedError
 
 
@@ -68,7 +68,7 @@ def balance_latency(graph: ir.Graph) -> ir.Graph:
         prev = delayed(src, k - 1)
         shape = graph.node(src).out_shape
         syn = _relay_synapse(unique(f"{src}.relay{k}.syn"), shape)
-        relay = ir.FixedLIF(unique(f"{src}.relay{k}"), int(np.prod(shape)), vth=0, du=4095, dv=0,
+        relay = ir.FixedLIF(unique(f"{src}.relay{k}"), int(np.prod(shape)), vth=0, du=fixedpoint.DU_NONE, dv=0,
                             reset="zero", shape=shape)
         nodes.extend([syn, relay])
         edges.extend([(prev, syn.name), (syn.name, relay.name)])

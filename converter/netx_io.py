@@ -131,8 +131,8 @@ def quantize_netx(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
         bias = np.clip(bias, lo, hi).astype(np.int64)
         dv = 0
         if isinstance(node, ir.LIF) and math.isfinite(node.tau):
-            dv = int(min(max(round(4096 / node.tau), 0), ir.BITS["dv"].hi))
-        new[name] = ir.FixedLIF(name, node.size, shape=node.shape, vth=vth, du=4095, dv=dv,
+            dv = fixedpoint.dv_for_tau(node.tau)
+        new[name] = ir.FixedLIF(name, node.size, shape=node.shape, vth=vth, du=fixedpoint.DU_NONE, dv=dv,
                                 bias_mant=bias, bias_exp=NETX_BIAS_EXP, reset="zero")
         flat = np.abs(wq).reshape(wq.shape[0], -1)
         rows.append(NetxLayer(name, node.size, synapse_count(new[syn.name]), vth, clipped, zeroed, sat,

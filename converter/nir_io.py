@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 
-from spikeforge import ir
+from spikeforge import fixedpoint, ir
 from spikeforge.errors import SpikeforgeError, UnsupportedError
 from spikeforge.fileio import atomic_path
 
@@ -624,10 +624,10 @@ def _quantization_notes(graph: ir.Graph, where: str) -> list[str]:
 
     notes = []
     for node in graph.of_type(ir.LIF):
-        if math.isfinite(node.tau) and round(4096 / node.tau) == 0:
+        if math.isfinite(node.tau) and fixedpoint.dv_for_tau(node.tau) == 0:
             notes.append(f"{where}: node '{node.name}' tau: {node.tau:.4g} steps rounds to no leak (dv = 0): "
                          f"it runs as IF (is dt right? {DT_HINT})")
-        if node.tau_syn > 1 and round(4096 / node.tau_syn) - 1 <= 0:
+        if node.tau_syn > 1 and round(fixedpoint.DECAY_UNITY / node.tau_syn) - 1 <= 0:
             notes.append(f"{where}: node '{node.name}' tau_syn: {node.tau_syn:.4g} steps clips to du = 0")
     try:
         fixed = quantize(graph)
@@ -663,12 +663,12 @@ def _can_fire(graph: ir.Graph, node: ir.FixedLIF) -> bool:
         in_max = src.payload_max if isinstance(src, ir.Input) else 1
         pos = np.clip(aff.weight, 0, None).reshape(aff.weight.shape[0], -1).sum(axis=1)
         pos = np.repeat(pos, aff.out_size // pos.size)  # a conv: per channel, at every position
-        drive = drive + pos * in_max * 2.0**aff.weight_exp * 64
-    if node.du < 4095:
-        drive = drive * 4096 / (node.du + 1)
+        drive = drive + pos * in_max * fixedpoint.act_to_state(2.0**aff.weight_exp)
+    if node.du < fixedpoint.DU_NONE:
+        drive = drive * fixedpoint.tau_for_decay(node.du + 1)
     if node.dv == 0:
         return bool((drive > 0).any())
-    return bool((node.v_rest + drive * 4096 / node.dv > node.vth_scaled).any())
+    return bool((node.v_rest + drive * fixedpoint.tau_for_decay(node.dv) > node.vth_scaled).any())
 
 
 # -- export ----------------------------------------------------------------------------------
@@ -793,14 +793,14 @@ def _synapse_weights(node: ir.Node, ctx: _Export) -> tuple[np.ndarray, np.ndarra
     k = ctx.weight_scale.get(dst, 1.0)
     if isinstance(node, ir.FIXED_SYNAPSES):
         src = ctx.graph.source_through_flatten(ctx.graph.predecessors(node.name)[0])
-        w = node.weight * 2.0**node.weight_exp * 64.0 * ctx.payload.get(src, 1)
+        w = fixedpoint.act_to_state(node.weight * 2.0**node.weight_exp) * ctx.payload.get(src, 1)
         b = np.zeros(node.out_size)
     else:
         w = node.weight
         b = np.repeat(node.bias, node.out_size // node.bias.shape[0])
     target = ctx.graph.node(dst)
     if isinstance(target, ir.FixedLIF) and ctx.graph.predecessors(dst)[0] == node.name:
-        tau_syn = 4096.0 / (target.du + 1) if target.du < 4095 else 1.0
+        tau_syn = fixedpoint.tau_for_decay(target.du + 1) if target.du < fixedpoint.DU_NONE else 1.0
         b = b + target.bias / tau_syn
     return w * k, b * k
 
@@ -833,9 +833,9 @@ def _export_fixed_lif(node: ir.FixedLIF, ctx: _Export) -> Any:
     ones = np.ones(node.shape)
     theta = ones * float(node.vth_scaled)
     v_reset = ones * (float(node.v_reset) if node.reset == "value" else 0.0)
-    tau = 4096.0 / node.dv if node.dv else math.inf
+    tau = fixedpoint.tau_for_decay(node.dv)
     return _neuron(ones, theta, v_reset, tau, float(node.v_rest),
-                   4096.0 / (node.du + 1) if node.du < 4095 else 1.0, ctx.dt, ctx.target)
+                   fixedpoint.tau_for_decay(node.du + 1) if node.du < fixedpoint.DU_NONE else 1.0, ctx.dt, ctx.target)
 
 
 @EXPORTERS.register(ir.IF, ir.LIF)
@@ -866,7 +866,7 @@ def to_nir(graph: ir.Graph, dt: float = 1.0, target: str = "nir") -> "nir.NIRGra
     weight_scale: dict[str, float] = {}
     for node in graph.nodes:
         if isinstance(node, ir.FixedLIF):
-            weight_scale[node.name] = 4096.0 / node.dv if node.dv else 1.0
+            weight_scale[node.name] = fixedpoint.tau_for_decay(node.dv) if node.dv else 1.0
         elif isinstance(node, ir.LIF):
             weight_scale[node.name] = node.r
     # a Flatten right after the Input of 1-D data is left out: consumers run it over the batch

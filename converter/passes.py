@@ -183,7 +183,7 @@ class LayerReport(NamedTuple):
     @property
     def may_wrap(self) -> bool:
         """True if the worst case could wrap u (24 bits): (max_input << 6) >= 2**23."""
-        return (self.max_input << 6) >= 2**23
+        return (self.max_input << fixedpoint.ACT_SHIFT) >= fixedpoint.STATE_MAX
 
 
 def _ceil_log2(x: float) -> int:
@@ -290,7 +290,7 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
             max_input += acc << e if e >= 0 else acc >> -e
             new[aff.name] = fixed
             exps.append(e)
-        bias_v = sum(_neuron_bias(aff) for aff in incoming) * gain * vth * 64.0 / theta
+        bias_v = sum(_neuron_bias(aff) for aff in incoming) * gain * fixedpoint.act_to_state(vth) / theta
         bias_exp, mant_hi = 0, ir.BITS["bias_mant"].hi
         while bias_exp < ir.BITS["bias_exp"].hi and np.abs(np.rint(bias_v / 2.0**bias_exp)).max(initial=0) > mant_hi:
             bias_exp += 1
@@ -301,11 +301,11 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
             state = ir.BITS["v_rest"]
 
             def to_state(value: float) -> int:
-                return int(np.clip(round(value / theta * vth * 64), state.lo, state.hi))
+                return int(np.clip(round(fixedpoint.act_to_state(value / theta * vth)), state.lo, state.hi))
 
-            dv = int(min(max(round(4096 / node.tau), 0), ir.BITS["dv"].hi)) if np.isfinite(node.tau) else 0
+            dv = fixedpoint.dv_for_tau(node.tau)
             # current decay (4095 - du) / 4096 = 1 - 1 / tau_syn
-            du = int(min(max(round(4096 / node.tau_syn) - 1, 0), ir.BITS["du"].hi))
+            du = int(min(max(round(fixedpoint.DECAY_UNITY / node.tau_syn) - 1, 0), ir.BITS["du"].hi))
             new[name] = ir.FixedLIF(name, node.size, vth=vth, du=du, dv=dv, bias_mant=mant,
                                     bias_exp=bias_exp, reset=node.reset, v_rest=to_state(node.v_leak),
                                     v_reset=to_state(node.v_reset), refractory=int(node.refractory),
@@ -314,7 +314,7 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
             new[name] = ir.FixedStochastic(name, node.size, vth=vth, bias_mant=mant, bias_exp=bias_exp,
                                            seed=node.seed, shape=node.shape)
         else:
-            new[name] = ir.FixedLIF(name, node.size, vth=vth, du=4095, dv=0, bias_mant=mant,
+            new[name] = ir.FixedLIF(name, node.size, vth=vth, du=fixedpoint.DU_NONE, dv=0, bias_mant=mant,
                                     bias_exp=bias_exp, reset=node.reset, shape=node.shape)
         reports.append(LayerReport(name, node.size, synapses, tuple(exps), vth, bias_exp,
                                    clipped, zeroed, sat, max_input))

@@ -18,6 +18,8 @@ ACT_SHIFT = 6
 #: du and dv are 12-bit fractions of 4096: x <- trunc(x (4096 - d) / 4096).
 DECAY_UNITY = 4096
 DECAY_SHIFT = 12
+#: du = 4095: u = a << 6 each step (no current memory), the IF neuron's current.
+DU_NONE = DECAY_UNITY - 1
 #: u wraps and v saturates at 24 bits signed.
 STATE_BITS = 24
 STATE_MAX = 2 ** (STATE_BITS - 1)
@@ -73,3 +75,22 @@ BITS: Mapping[str, IntRange] = {
     # then x <= -2**23 gains 2**24), so an input far beyond 24 bits can leave u outside them.
     "state": IntRange(24, -STATE_MAX + 1, STATE_MAX - 1, True),
 }
+
+
+def act_to_state(a: float) -> float:
+    """Synaptic input (or threshold) units -> state units: x << 6."""
+    return a * (1 << ACT_SHIFT)
+
+
+def dv_for_tau(tau: float) -> int:
+    """The 12-bit voltage decay of a time constant of ``tau`` steps: round(4096 / tau) (0 for inf)."""
+    import math
+
+    if not math.isfinite(tau):
+        return 0
+    return int(min(max(round(DECAY_UNITY / tau), 0), DECAY_UNITY - 1))
+
+
+def tau_for_decay(d: int) -> float:
+    """The time constant (steps) of a 12-bit decay d: 4096 / d (inf for 0)."""
+    return DECAY_UNITY / d if d else float("inf")

@@ -617,7 +617,7 @@ class FixedPopulation(Population):
     @property
     def vth_scaled(self) -> int:
         """Threshold in state units: vth << 6."""
-        return self.vth << 6
+        return self.vth << fixedpoint.ACT_SHIFT
 
     @property
     def bias(self) -> np.ndarray:
@@ -654,7 +654,7 @@ class FixedLIF(FixedPopulation):
     spikeforge's own Lava process model.
     """
 
-    du: int = 4095
+    du: int = fixedpoint.DU_NONE
     dv: int = 0
     reset: str = "subtract"
     v_rest: int = 0

@@ -179,7 +179,7 @@ def reference_synaptic_input(net, proj, s: np.ndarray) -> np.ndarray:
 def _reference_neuron_step(layer, state: LIFState, a: np.ndarray, t: int, offset: int) -> tuple[LIFState, np.ndarray]:
     params = layer.params
     if layer.stochastic:
-        r = uniform_ints(params.seed, np.arange(offset, offset + a.shape[0]), t, a.shape[1], params.vth << 6)
+        r = uniform_ints(params.seed, np.arange(offset, offset + a.shape[0]), t, a.shape[1], params.vth << ACT_SHIFT)
         return state, stochastic_step(params, a, r)
     return lif_step(params, state, a)
 

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from spikeforge import ir
+from spikeforge.fixedpoint import ACT_SHIFT
 from spikeforge.errors import SpikeforgeError
 from spikeforge.network import Network, lower
 
@@ -105,7 +106,7 @@ def membrane_replay(net: Network, layer: str, spikes: dict[str, np.ndarray],
         probe_state, _ = lif_step(probe, state, a[None, t])
         state, spk = lif_step(params, state, a[None, t])
         v[t], s[t] = state.v[0], spk[0]
-        pre[t] = np.where(spk[0], probe_state.v[0] + (params.vth << 6), state.v[0])
+        pre[t] = np.where(spk[0], probe_state.v[0] + (params.vth << ACT_SHIFT), state.v[0])
     if not np.array_equal(s, spikes[layer]):
         raise SpikeforgeError(f"layer '{layer}': the membrane replay disagrees with the recorded spikes")
     return v, pre, s
@@ -186,7 +187,7 @@ def build(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, y: np.ndarray, timesteps:
         for ax, (name, idx, why) in zip(axes[0], chosen):
             v, pre, s = membrane_replay(net, name, {k: res.spikes[k][sample] for k in res.spikes},
                                         payloads[sample])
-            vth = net.layer(name).node.vth << 6
+            vth = net.layer(name).node.vth_scaled
             plots.voltage_trace(v[:, idx], s[:, idx], vth, ax, v_before_reset=pre[:, idx],
                                 title=f"{labels[name]}: neuron {idx} ({why})",
                                 ylabel="membrane potential v (state units)")

@@ -22,6 +22,7 @@ from spikeforge.backends.lava_procs.process import (RESET_SUBTRACT, RESET_VALUE,
                                                     SPIKES_PER_WORD, SpikeforgeConv,
                                                     SpikeforgeLIF, SpikeforgeStochastic,
                                                     SpikeRecorder, WindowRecorder)
+from spikeforge.fixedpoint import ACT_SHIFT
 from spikeforge.neuron import shift, uniform_ints
 
 
@@ -142,7 +143,7 @@ class PySpikeforgeStochasticModel(PyLoihiProcessModel):
              + np.left_shift(self.bias_mant.astype(np.int64), int(self.bias_exp)))
         n = z.shape[0]
         r = uniform_ints(int(self.seed), np.array([self.sample_offset + sample]), step, n,
-                         int(self.vth) << 6)[0]
+                         int(self.vth) << ACT_SHIFT)[0]
         self.s_out.send(z > r)
 
 

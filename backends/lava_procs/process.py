@@ -15,9 +15,12 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 from lava.proc.lif.process import AbstractLIF
 
-RESET_ZERO = 0
-RESET_SUBTRACT = 1
-RESET_VALUE = 2
+from spikeforge.fixedpoint import DU_NONE
+from spikeforge.fixedpoint import RESET_CODES as FP_RESET_CODES
+
+RESET_ZERO = FP_RESET_CODES["zero"]
+RESET_SUBTRACT = FP_RESET_CODES["subtract"]
+RESET_VALUE = FP_RESET_CODES["value"]
 #: spikeforge's reset names -> SpikeforgeLIF's ``reset`` codes.
 RESET_CODES = {"zero": RESET_ZERO, "subtract": RESET_SUBTRACT, "value": RESET_VALUE}
 #: Spikes packed per recorder word. Var.get sends every element as a float64, exact for
@@ -47,7 +50,7 @@ class SpikeforgeLIF(AbstractLIF):
     refractory 8-bit unsigned; u, v 24-bit signed and ref 8-bit unsigned state.
     """
 
-    def __init__(self, *, shape: tuple[int, ...], vth: int, du: int = 4095, dv: int = 0,
+    def __init__(self, *, shape: tuple[int, ...], vth: int, du: int = DU_NONE, dv: int = 0,
                  bias_mant: ty.Union[int, np.ndarray] = 0, bias_exp: int = 0,
                  reset: int = RESET_SUBTRACT, v_rest: int = 0, v_reset: int = 0,
                  leak: int = 0, refractory: int = 0, window: int = 1,
