@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 from spikeforge import ir
 from spikeforge.errors import SpikeforgeError
 from spikeforge.fileio import check_output
+from spikeforge.runner import MEMORY_MB
 
 if TYPE_CHECKING:
     from spikeforge.data import Dataset
@@ -280,12 +282,15 @@ def _timesteps(args: argparse.Namespace, x: np.ndarray) -> int:
     return args.timesteps
 
 
-def _ann_accuracy(ann: "ir.Graph | None", x: np.ndarray, y: np.ndarray) -> float | None:
+def _ann_accuracy(ann: "ir.Graph | None", x: np.ndarray, y: np.ndarray, chunk: int = 8192) -> float | None:
+    """The source ANN's accuracy, evaluated in chunks of samples (bounded memory)."""
     if ann is None:
         return None
     from spikeforge.converter.ann import predict
 
-    return float((predict(ann, x.reshape(len(x), -1)) == y).mean())
+    x = x.reshape(len(x), -1)
+    right = sum(int((predict(ann, x[i:i + chunk]) == y[i:i + chunk]).sum()) for i in range(0, len(x), chunk))
+    return right / len(x) if len(x) else float("nan")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -294,10 +299,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     snn, ann = _graphs(args.graph)
     x, y = _samples(snn, args.data, args.limit)
     with _naming(args.graph):
-        sim = simulate(snn, args.backend, x, _timesteps(args, x), args.encoding, args.seed)
+        sim = simulate(snn, args.backend, x, _timesteps(args, x), args.encoding, args.seed,
+                       record="readout", memory_mb=args.memory_mb)
     acc = float((sim.predictions == y).mean())
     ann_acc = _ann_accuracy(ann, x if x.ndim == 2 else x.mean(axis=1), y)
-    rates = {k: float(v.mean()) for k, v in sim.result.spikes.items()}
+    rates = sim.firing_rates
     if args.json:
         print(json.dumps({"backend": args.backend, "accuracy": acc, "ann_accuracy": ann_acc,
                           "samples": int(len(y)), "timesteps": args.timesteps, "steps": sim.steps,
@@ -320,7 +326,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     snn, _ = _graphs(args.graph)
     x, y = _samples(snn, args.data, args.limit)
     with _naming(args.graph):
-        sims, comps = verify(snn, names, x, _timesteps(args, x), args.encoding, args.seed)
+        sims, comps = verify(snn, names, x, _timesteps(args, x), args.encoding, args.seed,
+                             memory_mb=args.memory_mb)
     ok = all(c.mismatched_spikes == 0 and c.mismatched_v_final == 0 for c in comps.values())
     if args.json:
         print(json.dumps({
@@ -334,7 +341,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "equal": ok}))
         return 0 if ok else 1
     ref = sims[names[0]]
-    print(f"reference {names[0]}: {sum(int(s.sum()) for s in ref.result.spikes.values())} spikes, "
+    print(f"reference {names[0]}: {next(iter(comps.values())).reference_spikes} spikes, "
           f"{len(y)} samples x {ref.steps} steps, {ref.seconds:.2f} s")
     for b, c in comps.items():
         status = "identical" if c.mismatched_spikes == 0 and c.mismatched_v_final == 0 else "DIFFERENT"
@@ -513,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--limit", type=_positive, default=None)
         s.add_argument("--encoding", choices=("current", "rate"), default="current")
         s.add_argument("--seed", type=_seed, default=0)
+        s.add_argument("--memory-mb", type=_positive, default=MEMORY_MB,
+                       help=f"memory budget of the samples run at once, MiB (default {MEMORY_MB})")
         s.add_argument("--json", action="store_true")
         s.set_defaults(fn=fn)
 
@@ -579,10 +588,20 @@ def _naming(graph_path: str) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from spikeforge import interrupts, progress
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    interrupts.install()  # SIGINT and SIGTERM: one Interrupted, cleanup never cut short
+    progress.enable(progress.wanted(getattr(args, "json", False)))
     try:
-        return args.fn(args)
+        code = args.fn(args)
+        if interrupts.received() is not None:  # caught somewhere below: still no result
+            raise interrupts.Interrupted(interrupts.received() or signal.SIGINT)
+        return code
+    except interrupts.Interrupted as exc:
+        print(f"spikeforge: interrupted ({signal.Signals(exc.signum).name})", file=sys.stderr)
+        return exc.exit_code
     except SpikeforgeError as exc:
         print(f"spikeforge: error: {exc}", file=sys.stderr)
         return 2
