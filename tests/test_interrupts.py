@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 CLI = [sys.executable, "-m", "spikeforge.cli"]
@@ -110,6 +111,8 @@ def workdir(tmp_path_factory) -> Path:
                  ["convert", "model.onnx", "--calib", "calib.npz", "-o", "net.sfg"]):
         r = subprocess.run([*CLI, *args], cwd=d, env=ENV, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
+    with np.load(d / "test.npz") as f:  # a longer run for Brian2 to be interrupted in
+        np.savez(d / "long.npz", x=np.concatenate([f["x"]] * 32), y=np.concatenate([f["y"]] * 32))
     return d
 
 
@@ -158,9 +161,9 @@ def test_ctrl_c_during_brian2_is_not_a_result(workdir, command):
     run as 'DIFFERENT, 1,177,476 mismatching spikes', simulate an accuracy with exit 0."""
     args = (["simulate", "net.sfg", "--backend", "brian2"] if command == "simulate"
             else ["verify", "net.sfg", "--backends", "cpu,brian2"])
-    proc = start([*args, "--data", "test.npz"], workdir)
-    # into the Brian2 run loop: imports and network building take well under 6 s of CPU
-    # here, the run itself (359 samples, numpy target) over 10 s
+    proc = start([*args, "--data", "long.npz"], workdir)
+    # into the Brian2 run loop: start-up, imports and network building take under 4 s of
+    # CPU here (2 s for 10 samples), the run itself (11,488 samples, numpy target) over 20 s
     while cpu_seconds(proc.pid) < 6.0:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.1)
