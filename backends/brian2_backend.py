@@ -54,7 +54,7 @@ import numpy as np
 from spikeforge import ir, progress
 from spikeforge.backends.base import Backend, RunResult
 from spikeforge.errors import BackendUnavailable, DataError, SpikeforgeError, UnsupportedError
-from spikeforge.network import Network, Projection
+from spikeforge.network import Network
 from spikeforge.neuron import uniform_ints
 
 TARGETS = ("numpy", "cython")

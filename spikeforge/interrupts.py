@@ -1,6 +1,6 @@
 """SIGINT and SIGTERM as one exception, :class:`Interrupted`, and blocks that hold them.
 
-The command line installs :func:`install`: the first SIGINT or SIGTERM raises
+The command line runs in :func:`installed`: the first SIGINT or SIGTERM raises
 ``Interrupted`` (exit code 128 + signal: 130, 143); later ones are only counted, so the
 cleanup that the first one started (killing a Lava child's process group, releasing its
 shared memory) is never cut short and the run ends within a few seconds whatever the user
@@ -40,16 +40,26 @@ def _raise_once(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(signum)
 
 
-def install() -> None:
-    """SIGINT and SIGTERM raise :class:`Interrupted` once (main thread only)."""
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """During the block SIGINT and SIGTERM raise :class:`Interrupted` once (main thread
+    only); the previous handlers come back after it, unless a signal came: then both stay
+    ignored (the process is ending; a late Ctrl-C must not print a traceback on exit)."""
     _received.clear()
-    if threading.current_thread() is threading.main_thread():
-        for s in SIGNALS:
-            signal.signal(s, _raise_once)
+    if not _main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, _raise_once)
+    try:
+        yield
+    finally:
+        _restore(dict.fromkeys(SIGNALS, signal.SIG_IGN) if _received else previous)
 
 
 def received() -> int | None:
-    """The first signal :func:`install`'s handler saw, or None."""
+    """The first signal :func:`installed`'s handler saw, or None."""
     return _received[0] if _received else None
 
 

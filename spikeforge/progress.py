@@ -10,6 +10,7 @@ moves while one long backend call runs.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any, Iterator
 
@@ -41,14 +42,23 @@ def bar(total: int, desc: str, unit: str = "sample") -> Iterator[Any]:
     """A tqdm bar (a disabled one when bars are off); closed (and erased) at the end."""
     from tqdm import tqdm
 
+    width = _columns()
     b = tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), leave=False,
-             file=sys.stderr, dynamic_ncols=True, mininterval=0.2)
+             file=sys.stderr, dynamic_ncols=width > 0, ncols=None if width > 0 else 80, mininterval=0.2)
     _bars.append(b)
     try:
         yield b
     finally:
         _bars.remove(b)
         b.close()
+
+
+def _columns() -> int:
+    """The terminal's width (0 when it does not say, as a bare pseudo-terminal)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def within(done: int) -> None:
