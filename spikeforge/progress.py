@@ -39,9 +39,18 @@ def wanted(json_output: bool) -> bool:
 
 @contextlib.contextmanager
 def bar(total: int, desc: str, unit: str = "sample") -> Iterator[Any]:
-    """A tqdm bar (a disabled one when bars are off); closed (and erased) at the end."""
+    """A tqdm bar (a null one when bars are off); closed (and erased) at the end."""
+    if not enabled():
+        yield _Null()
+        return
+    import threading
+
     from tqdm import tqdm
 
+    if not hasattr(tqdm, "_lock"):
+        # a thread lock: tqdm's default lock creates a multiprocessing lock, which fixes the
+        # start method and makes Lava's import (set_start_method('fork')) fail
+        tqdm.set_lock(threading.RLock())
     width = _columns()
     b = tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), leave=False,
              file=sys.stderr, dynamic_ncols=width > 0, ncols=None if width > 0 else 80, mininterval=0.2)
@@ -51,6 +60,16 @@ def bar(total: int, desc: str, unit: str = "sample") -> Iterator[Any]:
     finally:
         _bars.remove(b)
         b.close()
+
+
+class _Null:
+    """The bar when bars are off."""
+
+    n = 0
+    total = 0
+
+    def update(self, n: int = 1) -> None:
+        pass
 
 
 def _columns() -> int:
