@@ -352,6 +352,7 @@ class _Model:
                 threshold, reset = "z > r", ""
                 update = _stochastic_update(len(incoming), win, draws)
             else:
+                assert isinstance(node, ir.FixedLIF)
                 eqs = _lif_equations(node, len(incoming), win)
                 threshold, reset = _lif_threshold_reset(node)
                 update = _lif_update(node, len(incoming), win)
@@ -360,7 +361,7 @@ class _Model:
                                namespace=namespace, dtype={name: _INT for name in names},
                                name=f"sf_layer{li}", **common)
             g.bias = np.tile(np.asarray(node.bias, _INT), copies)
-            if not layer.stochastic:
+            if isinstance(node, ir.FixedLIF):
                 g.fu = 4096 - node.du - 1
                 g.fv = 4096 - node.dv
                 g.vth = node.vth_scaled
@@ -510,5 +511,6 @@ def _run_concat(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_fi
         idx, step = model.spikes(layer.name)
         b, k = np.divmod(step, steps)
         spikes[layer.name][b, k, idx] = True
+    assert model.vmon is not None
     v = np.asarray(model.vmon.v[:], _INT)  # (neurons, batch * steps), after the step's reset
     v_final[:] = v[:, steps - 1::steps].T

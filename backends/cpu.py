@@ -107,6 +107,7 @@ def _run_time_batched(net: Network, payloads: np.ndarray, offset: int) -> tuple[
         out[layer.name] = s
         if layer.name == net.readout:
             v_final = state.v
+    assert v_final is not None
     return {l.name: out[l.name] for l in net.layers}, v_final
 
 
@@ -136,7 +137,7 @@ def _neuron_step(layer: Layer, params: LIFParams | StochasticParams, state: LIFS
                  t: int, offset: int) -> tuple[LIFState, np.ndarray]:
     """One step of a layer: LIF (stateful) or stochastic (memoryless, counter-based draws
     for samples offset .. offset + batch - 1)."""
-    if layer.stochastic:
+    if isinstance(params, StochasticParams):
         r = uniform_ints(params.seed, np.arange(offset, offset + a.shape[0]), t, a.shape[1], params.vth << 6)
         return state, stochastic_step(params, a, r)
     return lif_step(params, state, a)

@@ -440,7 +440,7 @@ def _execute_stock(program: LavaProgram, payloads: np.ndarray,
     lifs = {
         l.name: LIF(shape=(l.size,), vth=l.vth, du=l.du, dv=l.dv, bias_mant=l.bias_mant,
                     bias_exp=l.bias_exp, name=l.name)
-        for l in program.layers
+        for l in program.layers if isinstance(l, LayerSpec)  # build_program: no stochastic layer
     }
     src, recorders, denses = _wire(program, payloads, lifs)
     ro = lifs[program.net.readout]
@@ -706,6 +706,7 @@ def run_isolated(fn: Callable, args: tuple, timeout: float, grace: float = 4.0,
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
                 _set_progress_counter(None)
+            assert child.pid is not None
             try:
                 os.setpgid(child.pid, child.pid)  # also set in the child: whichever runs first
             except OSError:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from spikeforge import ir
+from spikeforge.encoding import Encoding
 from spikeforge.network import lower
 from spikeforge.runner import MEMORY_MB, simulate
 
@@ -40,7 +41,8 @@ def ann_rates(snn: ir.Graph, ann: ir.Graph, x: np.ndarray) -> dict[str, np.ndarr
     from spikeforge.converter.ann import forward
 
     acts = forward(ann, x)
-    lam = snn.metadata.get("normalization", {}).get("lambda", {})
+    norm: dict[str, Any] = dict(snn.metadata.get("normalization", {}))  # type: ignore[call-overload]
+    lam = norm.get("lambda", {})
     out = {}
     for node in ann.of_type(ir.ReLU):
         feeding = [p for p in ann.predecessors(node.name) if p in lam]
@@ -55,7 +57,7 @@ def ann_rates(snn: ir.Graph, ann: ir.Graph, x: np.ndarray) -> dict[str, np.ndarr
 
 
 def compare_layers(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, timesteps: int,
-                   encoding: str = "current", seed: int = 0,
+                   encoding: Encoding = "current", seed: int = 0,
                    memory_mb: float = MEMORY_MB) -> tuple[list[LayerComparison], Any]:
     """Run the SNN on the cpu backend and compare every layer with its ANN twin (the readout
     included); the rates are taken chunk by chunk, only the readout's spikes are kept."""
@@ -80,7 +82,7 @@ def compare_layers(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, timesteps: int,
 
 
 def report(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, y: np.ndarray, timesteps: int,
-           out: Path, sweep: Sequence[int] = (8, 16, 32, 64, 128), encoding: str = "current",
+           out: Path, sweep: Sequence[int] = (8, 16, 32, 64, 128), encoding: Encoding = "current",
            seed: int = 0, memory_mb: float = MEMORY_MB) -> dict[str, Any]:
     """Write the figure (per-layer scatter, accuracy vs T, raster) to ``out``, a .png file
     or a folder (then out/analysis.png), and return the numbers."""

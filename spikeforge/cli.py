@@ -103,7 +103,7 @@ def _labeler(snn: "ir.Graph", ann: "ir.Graph | None") -> Callable[[str], str]:
 # -- train --------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from spikeforge import data
-    from spikeforge import models
+    from spikeforge import models  # type: ignore[attr-defined]  # the models/ folder (pyproject)
 
     out = check_output(args.output, ".sfg" if args.arch == "recurrent" else ".onnx")
     calib_out = check_output(args.calib_out or out.parent / "calib.npz", ".npz")
@@ -136,9 +136,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                                              feedback=not args.no_feedback, seed=args.seed, **extra)
         models.save_recurrent(model, out)
         acc = models.evaluate(model, splits.test)
-    for path, part, _ in writes:
-        if not _same_split(path, part):
-            data.save_npz(path, part)
+    for path, subset, _ in writes:
+        if not _same_split(path, subset):
+            data.save_npz(path, subset)
     print(f"trained {args.arch} {ds.shape}->{hidden}->{int(ds.y.max()) + 1} on {len(splits.train.y)} samples "
           f"of '{ds.name}' in {time.perf_counter() - t0:.1f} s; test accuracy {100 * acc:.2f}%")
     print(f"wrote {out}, calibration split {calib_out} ({len(splits.calib.y)}), test split {test_out} ({len(splits.test.y)})")
