@@ -368,7 +368,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                           "encoding": args.encoding, "seconds": sim.seconds, "firing_rates": rates}))
         return 0
     print(f"{args.backend}: accuracy {100 * acc:.2f}% on {len(y)} samples, T={args.timesteps} "
-          f"({sim.steps} steps, {args.encoding if x.ndim == 2 else 'recorded spike'} input), {sim.seconds:.2f} s ({len(y) / sim.seconds:.1f} samples/s)")
+          f"({sim.steps} steps, {args.encoding if x.ndim == 2 else 'recorded spike'} input), {sim.seconds:.2f} s "
+          f"({len(y) / sim.seconds:.1f} samples/s)")
     if ann_acc is not None:
         print(f"ANN accuracy (source model): {100 * ann_acc:.2f}%  (difference {100 * (acc - ann_acc):+.2f} points)")
     label = _labeler(snn, ann)
