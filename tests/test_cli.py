@@ -220,7 +220,7 @@ def test_numeric_layer_names_show_their_op(tmp_path):
 
     torch.manual_seed(0)
     seq = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
-    graphio.save(tmp_path / "seq.sfg", ann=from_torch(seq, (8,)))
+    graphio.save(tmp_path / "seq.sfg", ann=from_torch(seq, (8,), exporter="torchscript"))  # names "0", "1", "2"
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "c.npz", x=rng.random((40, 8)), y=rng.integers(0, 4, 40))
     r = run_cli("convert", "seq.sfg", "--calib", "c.npz", "-o", "net.sfg", cwd=tmp_path)
