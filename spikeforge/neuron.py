@@ -136,7 +136,7 @@ def uniform_ints(seed: int, samples: np.ndarray, step: int, n: int, high: int) -
         return (((h >> np.uint64(32)) * np.uint64(high)) >> np.uint64(32)).astype(np.int64)
 
 
-def shift(acc: np.ndarray, exp: int) -> np.ndarray:
+def shift(acc: Any, exp: int) -> Any:  # an integer array or scalar
     """acc * 2**exp with floor rounding (an arithmetic shift), as Lava's Dense applies it."""
     return acc << exp if exp >= 0 else acc >> -exp
 
