@@ -16,7 +16,7 @@ import numpy as np
 from spikeforge import ir
 from spikeforge.encoding import Encoding
 from spikeforge.network import lower
-from spikeforge.runner import MEMORY_MB, simulate
+from spikeforge.runner import MEMORY_MB, Record, simulate
 
 
 class LayerComparison(NamedTuple):
@@ -58,9 +58,9 @@ def ann_rates(snn: ir.Graph, ann: ir.Graph, x: np.ndarray) -> dict[str, np.ndarr
 
 def compare_layers(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, timesteps: int,
                    encoding: Encoding = "current", seed: int = 0,
-                   memory_mb: float = MEMORY_MB) -> tuple[list[LayerComparison], Any]:
+                   memory_mb: float = MEMORY_MB, record: Record = "readout") -> tuple[list[LayerComparison], Any]:
     """Run the SNN on the cpu backend and compare every layer with its ANN twin (the readout
-    included); the rates are taken chunk by chunk, only the readout's spikes are kept."""
+    included); the rates are taken chunk by chunk, the spikes of ``record`` are kept."""
     net = lower(snn)
     parts: dict[str, list[np.ndarray]] = {}
 
@@ -68,7 +68,7 @@ def compare_layers(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, timesteps: int,
         for name, r in window_rates(result, net.delays, timesteps).items():
             parts.setdefault(name, []).append(r)
 
-    sim = simulate(snn, "cpu", x, timesteps, encoding, seed, record="readout", memory_mb=memory_mb,
+    sim = simulate(snn, "cpu", x, timesteps, encoding, seed, record=record, memory_mb=memory_mb,
                    on_chunk=rates_of)
     rates = {k: np.concatenate(v) for k, v in parts.items()}
     rows = []
