@@ -159,7 +159,7 @@ def twin_rates(snn: ir.Graph, ann: ir.Graph, x: np.ndarray) -> dict[str, np.ndar
     from spikeforge.converter.ann import forward
 
     out = ann_rates(snn, ann, x)
-    lam = snn.metadata.get("normalization", {}).get("lambda", {})
+    lam = dict(snn.metadata.get("normalization", {})).get("lambda", {})  # type: ignore[call-overload]
     acts = None
     for node in snn.of_type(*ir.FIXED_NEURONS):
         preds = [p for p in snn.predecessors(node.name) if p in lam and p in ann.by_name]
