@@ -51,7 +51,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from spikeforge import ir, progress
+from spikeforge import interrupts, ir, progress
 from spikeforge.backends.base import Backend, RunResult
 from spikeforge.errors import BackendUnavailable, DataError, SpikeforgeError, UnsupportedError
 from spikeforge.network import Network
@@ -489,6 +489,7 @@ def _run_batched(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_f
         model.run(values.reshape(steps, copies * n_in), draws,
                   report=lambda f, s=start, n=used: progress.within(s + int(f * n)))
         progress.within(start + used)
+        interrupts.check()
         for layer in net.layers:
             idx, step = model.spikes(layer.name)
             b, j = np.divmod(idx, layer.size)

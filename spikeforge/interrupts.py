@@ -63,6 +63,13 @@ def received() -> int | None:
     return _received[0] if _received else None
 
 
+def check() -> None:
+    """Raise :class:`Interrupted` if a signal came (one that library code swallowed): long
+    loops call it between pieces of work, so an interrupted run never goes on to a result."""
+    if _received:
+        raise Interrupted(_received[0])
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence, Union
 
 import numpy as np
 
-from spikeforge import ir, progress
+from spikeforge import interrupts, ir, progress
 from spikeforge.backends import RunResult, get_backend
 from spikeforge.encoding import Encoding, encode, encode_spikes
 from spikeforge.errors import DataError, SpikeforgeError
@@ -155,6 +155,7 @@ def simulate(graph: ir.Graph, backend: str, x: np.ndarray, timesteps: int,
     with progress.bar(len(x), backend) as bar:
         for start, payloads in _chunks(net, x, timesteps, encoding, seed, per_chunk):
             r = be.run(program, payloads, sample_offset=start)
+            interrupts.check()
             del payloads
             if on_chunk is not None:
                 on_chunk(start, r)
@@ -260,6 +261,7 @@ def verify(graph: ir.Graph, backends: Sequence[str], x: np.ndarray, timesteps: i
             for b in backends:
                 t0 = time.perf_counter()
                 results[b] = bes[b].run(programs[b], payloads, sample_offset=start)
+                interrupts.check()
                 seconds[b] += time.perf_counter() - t0
                 progress.settle()
                 bar.update(len(payloads))
