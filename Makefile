@@ -63,6 +63,8 @@ demo: $(STAMP)
 	$(SF) hardware
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -43,17 +43,19 @@ Brian2 is imported lazily, inside the functions, never at module import.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 
-from spikeforge import ir
+from spikeforge import interrupts, ir, progress
 from spikeforge.fixedpoint import ACT_SHIFT, DECAY_UNITY, STATE_MAX
 from spikeforge.backends.base import Backend, RunResult
 from spikeforge.errors import BackendUnavailable, DataError, SpikeforgeError, UnsupportedError
-from spikeforge.network import Network, Projection
+from spikeforge.network import Network
 from spikeforge.neuron import uniform_ints
 
 TARGETS = ("numpy", "cython")
@@ -145,11 +147,19 @@ class Brian2Backend(Backend):
 
 
 def _import_brian2():
+    """Import Brian2 and undo its Ctrl-C handler: Brian2 turns SIGINT during a run into
+    ``stop()``, a run that returns early, which a verification must never report as a
+    result; here SIGINT stays the caller's (KeyboardInterrupt, or the CLI's handler)."""
     try:
         with _brian2_quiet():
             import brian2
     except ImportError as exc:  # pragma: no cover - brian2 is a dependency
         raise BackendUnavailable(f"backend 'brian2': cannot import brian2 ({exc})") from None
+    brian2.prefs.core.stop_on_keyboard_interrupt = False
+    handler = signal.getsignal(signal.SIGINT)
+    if (isinstance(handler, getattr(brian2, "_InterruptHandler", ()))
+            and threading.current_thread() is threading.main_thread()):
+        signal.signal(signal.SIGINT, handler.previous_handler)
     return brian2
 
 
@@ -343,6 +353,7 @@ class _Model:
                 threshold, reset = "z > r", ""
                 update = _stochastic_update(len(incoming), win, draws)
             else:
+                assert isinstance(node, ir.FixedLIF)
                 eqs = _lif_equations(node, len(incoming), win)
                 threshold, reset = _lif_threshold_reset(node)
                 update = _lif_update(node, len(incoming), win)
@@ -351,7 +362,7 @@ class _Model:
                                namespace=namespace, dtype={name: _INT for name in names},
                                name=f"sf_layer{li}", **common)
             g.bias = np.tile(np.asarray(node.bias, _INT), copies)
-            if not layer.stochastic:
+            if isinstance(node, ir.FixedLIF):
                 g.fu = DECAY_UNITY - node.du - 1
                 g.fv = DECAY_UNITY - node.dv
                 g.vth = node.vth_scaled
@@ -396,9 +407,11 @@ class _Model:
         self.network = b2.Network(*objs, name="sf_network")
         self.network.store("init")
 
-    def run(self, values: np.ndarray, draws: dict[str, np.ndarray] | None = None) -> None:
+    def run(self, values: np.ndarray, draws: dict[str, np.ndarray] | None = None,
+            report: Any = None) -> None:
         """Run from the initial state with payload rows ``values`` (steps, copies * n_in)
-        and, per stochastic layer, the draws ``draws[name]`` (steps, copies * n)."""
+        and, per stochastic layer, the draws ``draws[name]`` (steps, copies * n);
+        ``report(fraction done)`` is called about once a second."""
         draws = {} if draws is None else draws
         missing = [l.name for l in self.net.layers if l.stochastic and l.name not in draws]
         if missing:  # pragma: no cover - the backend always passes them
@@ -413,7 +426,13 @@ class _Model:
                     name = _draws_name(li)
                     ta = b2.TimedArray(draws[layer.name].astype(np.float64), dt=self.dt, name=name)
                     self.draws[layer.name] = self.layers[layer.name].namespace[name] = ta
-            self.network.run(values.shape[0] * self.dt, namespace={}, report=None)
+            callback = (None if report is None or not progress.enabled()
+                        else (lambda elapsed, done, start, length: report(float(done))))
+            self.network.run(values.shape[0] * self.dt, namespace={}, report=callback,
+                             report_period=1 * b2.second)
+        done = int(round(float(self.network.t / self.dt)))
+        if done != values.shape[0]:  # stopped early (brian2.stop(), its Ctrl-C handler)
+            raise KeyboardInterrupt(f"brian2: the run stopped at step {done} of {values.shape[0]}")
 
     def spikes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(neuron index, step) of every spike of layer ``name``."""
@@ -468,7 +487,10 @@ def _run_batched(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_f
         draws = {layer.name: _draws(layer, np.arange(offset + start, offset + start + copies), steps)
                  .transpose(1, 0, 2).reshape(steps, copies * layer.size)
                  for layer in net.layers if layer.stochastic}  # padding copies: unused draws
-        model.run(values.reshape(steps, copies * n_in), draws)
+        model.run(values.reshape(steps, copies * n_in), draws,
+                  report=lambda f, s=start, n=used: progress.within(s + int(f * n)))
+        progress.within(start + used)
+        interrupts.check()
         for layer in net.layers:
             idx, step = model.spikes(layer.name)
             b, j = np.divmod(idx, layer.size)
@@ -485,10 +507,12 @@ def _run_concat(program: Brian2Program, payloads: np.ndarray, spikes: dict, v_fi
     model = _Model(program, 1, steps)
     draws = {layer.name: _draws(layer, np.arange(offset, offset + batch), steps).reshape(batch * steps, layer.size)
              for layer in net.layers if layer.stochastic}
-    model.run(payloads.reshape(batch * steps, n_in), draws)
+    model.run(payloads.reshape(batch * steps, n_in), draws,
+              report=lambda f: progress.within(int(f * batch)))
     for layer in net.layers:
         idx, step = model.spikes(layer.name)
         b, k = np.divmod(step, steps)
         spikes[layer.name][b, k, idx] = True
+    assert model.vmon is not None
     v = np.asarray(model.vmon.v[:], _INT)  # (neurons, batch * steps), after the step's reset
     v_final[:] = v[:, steps - 1::steps].T

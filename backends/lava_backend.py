@@ -50,8 +50,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import mmap
 import multiprocessing
 import os
+import pickle
+import shutil
 import signal
 import threading
 import time
@@ -216,12 +219,19 @@ class LavaBackend(Backend):
             # stochastic layers draw by the sample's index in this whole batch
             fn = functools.partial(execute, sample_offset=sample_offset + start)
             if self.isolate:
-                parts.append(run_isolated(fn, (program, chunk), timeout))
+                parts.append(run_isolated(fn, (program, chunk), timeout,
+                                          on_progress=functools.partial(_progress, start)))
             else:
                 parts.append(fn(program, chunk, timeout=timeout))
         spikes = {l.name: np.concatenate([s[l.name] for s, _ in parts]) for l in net.layers}
         v_final = np.concatenate([v for _, v in parts]).astype(np.int64)
         return RunResult(spikes, v_final, net.readout, ro.node.vth_scaled)
+
+
+def _progress(start: int, done: int) -> None:
+    from spikeforge import progress
+
+    progress.within(start + done)
 
 
 def import_lava() -> None:
@@ -400,14 +410,21 @@ def execute(program: LavaProgram, payloads: np.ndarray,
 def _stopped(src: Any, on_error: Callable[[BaseException], None] | None) -> Iterator[None]:
     """Stop the runtime of ``src`` after the block; on any error call ``on_error(exc)``, kill
     the runtime's processes (``stop()`` hangs after a ProcessModel exception) and re-raise."""
+    from spikeforge.interrupts import held
+
     try:
         yield
     except BaseException as exc:
-        if on_error is not None:
-            on_error(exc)
-        _abort(src)
+        with held():  # a SIGTERM now must not cut the release of shared memory short
+            if on_error is not None:
+                try:
+                    on_error(exc)
+                except Exception:
+                    pass
+            _abort(src)
         raise
-    src.stop()
+    with held():
+        src.stop()
 
 
 def _execute_stock(program: LavaProgram, payloads: np.ndarray,
@@ -423,7 +440,7 @@ def _execute_stock(program: LavaProgram, payloads: np.ndarray,
     lifs = {
         l.name: LIF(shape=(l.size,), vth=l.vth, du=l.du, dv=l.dv, bias_mant=l.bias_mant,
                     bias_exp=l.bias_exp, name=l.name)
-        for l in program.layers
+        for l in program.layers if isinstance(l, LayerSpec)  # build_program: no stochastic layer
     }
     src, recorders, denses = _wire(program, payloads, lifs)
     ro = lifs[program.net.readout]
@@ -597,54 +614,111 @@ def describe(exc: BaseException) -> str:
     return f"lava: the run failed: {type(exc).__name__}: {text}"[:400]
 
 
-def _child_main(conn: Any, fn: Callable, args: tuple) -> None:
+def _child_main(recv: Any, send: Any, fn: Callable, args: tuple, result_path: str,
+                parent: int) -> None:
+    """The forked child: its own process group; SIGTERM (from the parent, or from the kernel
+    when the parent dies: PR_SET_PDEATHSIG) raises Interrupted, so the Lava runtime is
+    stopped and its shared memory released (``_stopped``/``_abort``) before it exits. The
+    result goes to a file (a large result written into a pipe blocks until it is read),
+    the pipe carries only ('ok', None) or ('error', one line)."""
+    from spikeforge import interrupts
+
+    code = 1
     try:
-        os.setpgid(0, 0)
-    except OSError:
-        pass
-    code = 0
-    try:
-        result = fn(*args, on_error=lambda exc: conn.send(("error", describe(exc))))
-        conn.send(("ok", result))
-    except BaseException as exc:  # report and leave; the parent kills what is left
-        code = 1
         try:
-            conn.send(("error", describe(exc)))
-        except Exception:
+            os.setpgid(0, 0)
+        except OSError:
             pass
-    finally:
+        recv.close()  # never hold the read end: a write then fails instead of blocking
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides and tells us
+        signal.signal(signal.SIGTERM, interrupts._raise_once)
+        interrupts._received.clear()
+        _die_with_parent(signal.SIGTERM)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)
+        if os.getppid() != parent:  # the parent died before prctl
+            raise interrupts.Interrupted(signal.SIGTERM)
+        result = fn(*args, on_error=lambda exc: send.send(("error", describe(exc))))
+        tmp = result_path + ".tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, result_path)
+        send.send(("ok", None))
+        code = 0
+    except BaseException as exc:  # report and leave; the parent kills what is left
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            conn.close()
-        finally:
-            os._exit(code)
+            send.send(("error", describe(exc)))
+        except BaseException:
+            pass
+        if os.getppid() != parent:  # orphaned: nobody will remove the result folder
+            shutil.rmtree(os.path.dirname(result_path), ignore_errors=True)
+    finally:
+        os._exit(code)
 
 
-def run_isolated(fn: Callable, args: tuple, timeout: float, grace: float = 5.0) -> Any:
+def _die_with_parent(signum: int) -> None:
+    """Linux: the kernel sends ``signum`` to this process when its parent dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signum), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def run_isolated(fn: Callable, args: tuple, timeout: float, grace: float = 4.0,
+                 on_progress: Callable[[int], None] | None = None) -> Any:
     """Run ``fn(*args, on_error=...)`` in a forked child in its own process group.
 
     Returns its result; raises SpikeforgeError (one line) if it fails, dies or exceeds
-    ``timeout`` seconds. Whatever is left of the group (Lava's runtime processes, its
-    shared-memory manager) ``grace`` seconds after an error or timeout is killed.
+    ``timeout`` seconds. On any way out (error, timeout, KeyboardInterrupt/SIGTERM) the
+    child is asked to stop (SIGTERM: it stops Lava's runtime and releases its shared
+    memory), and whatever is left of its group ``grace`` seconds later is killed; signals
+    that arrive meanwhile wait until that is done. ``on_progress(samples)`` is called
+    while the child runs, with the samples the readout has finished.
     """
+    import tempfile
     from multiprocessing import resource_tracker
+
+    from spikeforge import interrupts
 
     # The tracker is started here, outside the child's process group, so shared memory
     # left by a killed runtime is unlinked (at the latest when this process exits).
     resource_tracker.ensure_running()
     ctx = multiprocessing.get_context("fork")
+    folder = tempfile.mkdtemp(prefix="spikeforge-lava-")
+    result_path = os.path.join(folder, "result.pickle")
+    counter = mmap.mmap(-1, 8)  # shared with the child and its Lava processes
     recv, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child_main, args=(send, fn, args), daemon=False)
-    child.start()
+    child = None
+    done = None
     try:
-        os.setpgid(child.pid, child.pid)  # also set in the child: whichever runs first
-    except OSError:
-        pass
-    send.close()
-    ok = timed_out = False
-    try:
-        if not recv.poll(timeout):
-            timed_out = True
-            raise LavaRunError(timeout_message(timeout))
+        with interrupts.held():
+            _set_progress_counter(counter)
+            # the child starts with both signals blocked, until its handlers are set
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.SIGNALS)
+            try:
+                child = ctx.Process(target=_child_main,
+                                    args=(recv, send, fn, args, result_path, os.getpid()),
+                                    daemon=False)
+                child.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+                _set_progress_counter(None)
+            assert child.pid is not None
+            try:
+                os.setpgid(child.pid, child.pid)  # also set in the child: whichever runs first
+            except OSError:
+                pass
+            send.close()
+        done = np.frombuffer(counter, dtype=np.int64, count=1)
+        deadline = time.monotonic() + timeout
+        while not recv.poll(0.25):
+            if on_progress is not None:
+                on_progress(int(done[0]))
+            if time.monotonic() > deadline:
+                raise LavaRunError(timeout_message(timeout))
         try:
             status, value = recv.recv()
         except EOFError:
@@ -654,15 +728,38 @@ def run_isolated(fn: Callable, args: tuple, timeout: float, grace: float = 5.0) 
             ) from None
         if status != "ok":
             raise LavaRunError(value)
-        ok = True
-        return value
+        with open(result_path, "rb") as f:
+            result = pickle.load(f)
+        child.join(30.0)
+        return result
     finally:
-        if not timed_out:
-            child.join(30.0 if ok else grace)
-        if timed_out or not ok or child.is_alive():
-            _kill_group(child.pid)
-        child.join(5.0)
-        recv.close()
+        with interrupts.held():
+            if child is not None:
+                _end_child(child, grace)
+            recv.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            del done
+            with contextlib.suppress(BufferError):
+                counter.close()
+
+
+def _set_progress_counter(counter: mmap.mmap | None) -> None:
+    from spikeforge import progress
+
+    progress.counter = None if counter is None else np.frombuffer(counter, dtype=np.int64, count=1)
+
+
+def _end_child(child: Any, grace: float) -> None:
+    """SIGTERM the child if it runs (it stops Lava and releases shared memory), wait up to
+    ``grace`` seconds, then SIGKILL whatever is left of its process group."""
+    if child.exitcode is None:
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        child.join(grace)
+    _kill_group(child.pid)
+    child.join(5.0)
 
 
 def _kill_group(pgid: int) -> None:

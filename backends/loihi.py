@@ -200,16 +200,30 @@ def check_file(path: str | Path, target: str = "loihi2", as_json: bool = False,
     graph = graphio.load(path, which)
     problems = TARGETS[target](graph)
     notes = NOTES[target](graph)
+    hint = reset_hint(graph, problems)
     if as_json:
         return (1 if problems else 0), json.dumps(
             {"graph": str(path), "target": target, "fits": not problems, "violations": problems,
-             "notes": notes})
+             "notes": notes, "hint": hint})
     tail = [f"  note: {n}" for n in notes]
     if not problems:
         return 0, "\n".join([f"{path}: fits {target}"] + tail)
     lines = [f"{path}: does not fit {target}: {len(problems)} violation"
              f"{'' if len(problems) == 1 else 's'}"]
-    return 1, "\n".join(lines + [f"  - {p}" for p in problems] + tail)
+    return 1, "\n".join(lines + [f"  - {p}" for p in problems] + tail + ([f"hint: {hint}"] if hint else []))
+
+
+def reset_hint(graph: ir.Graph, problems: list[str]) -> str | None:
+    """What to do about reset-by-subtraction violations: convert again with --reset zero
+    (Loihi 2's own reset; the converter's default, subtract, is more accurate at small T)."""
+    resets = [p for p in problems if "reset='subtract'" in p]
+    if not resets:
+        return None
+    source = graph.metadata.get("source", "MODEL")
+    what = ("makes it fit" if len(resets) == len(problems)
+            else f"removes the {len(resets)} reset violation{'s' if len(resets) > 1 else ''}")
+    return (f"'spikeforge convert {source} --reset zero' {what} (reset to zero is Loihi 2's "
+            f"native reset; reset by subtraction runs on the lava simulator only)")
 
 
 class LoihiBackend(Backend):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spikeforge import progress
 from spikeforge.data import Dataset, split
 from spikeforge.errors import DataError, SpikeforgeError
 from spikeforge.fileio import atomic_path
@@ -94,7 +95,7 @@ def fit_classifier(make: Callable[[Dataset, int], nn.Module], train: Dataset, *,
     else:
         fit = train
     n_classes = int(classes) if classes is not None else max(train.classes, val.classes if val else 0)
-    with _deterministic(seed, threads):
+    with _deterministic(seed, threads), progress.bar(epochs, f"{who}: epochs", unit="epoch") as bar:
         model = make(fit, n_classes)
         x, y = _tensor(fit)
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -120,6 +121,7 @@ def fit_classifier(make: Callable[[Dataset, int], nn.Module], train: Dataset, *,
                 sched.step()
                 total += float(loss.detach()) * idx.numel()
             final_loss = total / fit.n
+            bar.update(1)
         model.eval()
         info: dict[str, Any] = {
             "train_accuracy": evaluate(model, fit),

@@ -14,8 +14,9 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from spikeforge import ir
+from spikeforge.encoding import Encoding
 from spikeforge.network import lower
-from spikeforge.runner import simulate
+from spikeforge.runner import MEMORY_MB, Record, simulate
 
 
 class LayerComparison(NamedTuple):
@@ -35,51 +36,79 @@ def window_rates(result: Any, delays: dict[str, int], timesteps: int) -> dict[st
 
 
 def ann_rates(snn: ir.Graph, ann: ir.Graph, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Normalized ANN activations (rates in [0, 1]) for the SNN layers that have an ANN twin."""
+    """Normalized ANN activations (rates in [0, 1]) for the SNN layers that have an ANN twin:
+    each ReLU, and the readout, whose twin is the final affine map (its output / lambda)."""
     from spikeforge.converter.ann import forward
 
     acts = forward(ann, x)
-    lam = snn.metadata.get("normalization", {}).get("lambda", {})
+    norm: dict[str, Any] = dict(snn.metadata.get("normalization", {}))  # type: ignore[call-overload]
+    lam = norm.get("lambda", {})
     out = {}
     for node in ann.of_type(ir.ReLU):
         feeding = [p for p in ann.predecessors(node.name) if p in lam]
         if node.name in snn.by_name and feeding:
             out[node.name] = np.clip(acts[node.name] / lam[feeding[0]], 0.0, 1.0)
+    readout = lower(snn).readout
+    if readout not in out:
+        feeding = [p for p in snn.predecessors(readout) if p in lam and p in acts]
+        if feeding and not isinstance(ann.node(feeding[0]), ir.ReLU):
+            out[readout] = np.clip(acts[feeding[0]] / lam[feeding[0]], 0.0, 1.0)
     return out
 
 
 def compare_layers(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, timesteps: int,
-                   encoding: str = "current", seed: int = 0) -> tuple[list[LayerComparison], Any]:
-    """Run the SNN on the cpu backend and compare every layer with its ANN twin."""
-    sim = simulate(snn, "cpu", x, timesteps, encoding, seed)
-    rates = window_rates(sim.result, lower(snn).delays, timesteps)
+                   encoding: Encoding = "current", seed: int = 0,
+                   memory_mb: float = MEMORY_MB, record: Record = "readout") -> tuple[list[LayerComparison], Any]:
+    """Run the SNN on the cpu backend and compare every layer with its ANN twin (the readout
+    included); the rates are taken chunk by chunk, the spikes of ``record`` are kept."""
+    net = lower(snn)
+    parts: dict[str, list[np.ndarray]] = {}
+
+    def rates_of(start: int, result: Any) -> None:
+        for name, r in window_rates(result, net.delays, timesteps).items():
+            parts.setdefault(name, []).append(r)
+
+    sim = simulate(snn, "cpu", x, timesteps, encoding, seed, record=record, memory_mb=memory_mb,
+                   on_chunk=rates_of)
+    rates = {k: np.concatenate(v) for k, v in parts.items()}
     rows = []
     for name, a in ann_rates(snn, ann, x).items():
         s = rates[name]
         r = float(np.corrcoef(a.ravel(), s.ravel())[0, 1]) if a.std() > 0 and s.std() > 0 else float("nan")
         rows.append(LayerComparison(name, float(a.mean()), float(s.mean()), float(np.abs(a - s).mean()), r, a, s))
+    order = {l.name: i for i, l in enumerate(net.layers)}
+    rows.sort(key=lambda row: order[row.layer])
     return rows, sim
 
 
 def report(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, y: np.ndarray, timesteps: int,
-           out: Path, sweep: Sequence[int] = (8, 16, 32, 64, 128), encoding: str = "current",
-           seed: int = 0) -> dict[str, Any]:
-    """Write analysis.png (per-layer scatter, accuracy vs T, raster) and return the numbers."""
-    from spikeforge import plots
+           out: Path, sweep: Sequence[int] = (8, 16, 32, 64, 128), encoding: Encoding = "current",
+           seed: int = 0, memory_mb: float = MEMORY_MB) -> dict[str, Any]:
+    """Write the figure (per-layer scatter, accuracy vs T, raster) to ``out``, a .png file
+    or a folder (then out/analysis.png), and return the numbers."""
+    from spikeforge import plots, progress
     from spikeforge.converter.ann import predict
 
-    rows, sim = compare_layers(snn, ann, x, timesteps, encoding, seed)
+    rows, _ = compare_layers(snn, ann, x, timesteps, encoding, seed, memory_mb)
     ann_acc = float((predict(ann, x) == y).mean())
-    accs = [float((simulate(snn, "cpu", x, T, encoding, seed).predictions == y).mean()) for T in sweep]
+    accs = []
+    with progress.bar(len(sweep), "analyze: accuracy against T", unit="T") as bar:
+        for T in sweep:
+            accs.append(float((simulate(snn, "cpu", x, T, encoding, seed, record="readout",
+                                        memory_mb=memory_mb).predictions == y).mean()))
+            bar.update(1)
     ncols = max(len(rows), 1) + 2
     fig, axes = plots.figure(ncols, 1, size=(4.2 * ncols, 3.8))
     for i, row in enumerate(rows):
         plots.rate_scatter(row.ann, row.snn, axes[0, i], title=f"{row.layer}, T={timesteps}")
     plots.accuracy_vs_T(list(sweep), {f"SNN (cpu, {encoding})": accs}, axes[0, len(rows)],
                         references={"ANN": ann_acc}, title="accuracy against T")
-    first = next(iter(sim.result.spikes))
-    plots.raster(sim.result.spikes[first][0], axes[0, len(rows) + 1], title=f"raster: {first}, sample 0")
-    path = plots.save(fig, Path(out) / "analysis.png")
+    first = lower(snn).layers[0].name
+    if len(x):
+        raster = simulate(snn, "cpu", x[:1], timesteps, encoding, seed, record=[first]).result
+        plots.raster(raster.spikes[first][0], axes[0, len(rows) + 1], title=f"raster: {first}, sample 0")
+    out = Path(out)
+    path = plots.save(fig, out if out.suffix.lower() == ".png" else out / "analysis.png")
     return {"plot": str(path), "ann_accuracy": ann_acc, "timesteps": timesteps,
             "accuracy_vs_T": dict(zip(map(int, sweep), accs)),
             "layers": [{"layer": r.layer, "ann_rate": r.ann_rate, "snn_rate": r.snn_rate,
@@ -130,7 +159,7 @@ def twin_rates(snn: ir.Graph, ann: ir.Graph, x: np.ndarray) -> dict[str, np.ndar
     from spikeforge.converter.ann import forward
 
     out = ann_rates(snn, ann, x)
-    lam = snn.metadata.get("normalization", {}).get("lambda", {})
+    lam = dict(snn.metadata.get("normalization", {})).get("lambda", {})  # type: ignore[call-overload]
     acts = None
     for node in snn.of_type(*ir.FIXED_NEURONS):
         preds = [p for p in snn.predecessors(node.name) if p in lam and p in ann.by_name]

@@ -7,16 +7,18 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Sequence
 
 import numpy as np
 
-from spikeforge import ir
+from spikeforge import __version__, ir
 from spikeforge.errors import SpikeforgeError
 from spikeforge.fileio import check_output
+from spikeforge.runner import MEMORY_MB
 
 if TYPE_CHECKING:
     from spikeforge.data import Dataset
@@ -78,20 +80,43 @@ def _positive(text: str) -> int:
     return value
 
 
+#: ONNX op names for IR node types, to show what a bare name (a torch Sequential's "2") is.
+_OPS = {"Affine": "Gemm", "FixedAffine": "Gemm", "Conv2d": "Conv", "FixedConv2d": "Conv",
+        "AvgPool2d": "AveragePool", "FixedLIF": "IF", "FixedStochastic": "Stochastic"}
+
+
+def _labeler(snn: "ir.Graph", ann: "ir.Graph | None") -> Callable[[str], str]:
+    """name -> 'name (Op)' for names that are bare numbers (the op of the ANN node of that
+    name, else of the SNN node); other names as they are."""
+    def label(name: str) -> str:
+        if not name.isdigit():
+            return name
+        node = (ann.by_name.get(name) if ann is not None else None) or snn.by_name.get(name)
+        if node is None:
+            return name
+        kind = type(node).__name__
+        op = ("Clip" if getattr(node, "upper", None) is not None else "Relu") if kind == "ReLU" else _OPS.get(kind, kind)
+        return f"{name} ({op})"
+    return label
+
+
 # -- train --------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from spikeforge import data
-    from spikeforge import models
+    from spikeforge import models  # type: ignore[attr-defined]  # the models/ folder (pyproject)
 
     out = check_output(args.output, ".sfg" if args.arch == "recurrent" else ".onnx")
     calib_out = check_output(args.calib_out or out.parent / "calib.npz", ".npz")
     test_out = check_output(args.test_out or out.parent / "test.npz", ".npz")
+    official = data.has_official_split(args.data) and args.split == "official"
     ds = data.load(args.data)
-    splits = data.split(ds, seed=args.seed)
+    splits = data.official_split(args.data, seed=args.seed) if official else data.split(ds, seed=args.seed)
     for part in ("train", "calib", "test"):
         if getattr(splits, part).n < 1:
             raise SpikeforgeError(f"{args.data}: expected enough samples for train, calibration and test "
                                   f"splits (70/10/20%), found {ds.n} samples")
+    writes = [(calib_out, splits.calib, "--calib-out"), (test_out, splits.test, "--test-out")]
+    _refuse_overwrite(writes, args.data, args.force)
     hidden = tuple(args.hidden) if args.hidden else ((16, 32) if args.arch == "cnn" else (128,))
     t0 = time.perf_counter()
     extra = {"epochs": args.epochs} if args.epochs else {}
@@ -111,12 +136,46 @@ def cmd_train(args: argparse.Namespace) -> int:
                                              feedback=not args.no_feedback, seed=args.seed, **extra)
         models.save_recurrent(model, out)
         acc = models.evaluate(model, splits.test)
-    data.save_npz(calib_out, splits.calib)
-    data.save_npz(test_out, splits.test)
+    for path, subset, _ in writes:
+        if not _same_split(path, subset):
+            data.save_npz(path, subset)
     print(f"trained {args.arch} {ds.shape}->{hidden}->{int(ds.y.max()) + 1} on {len(splits.train.y)} samples "
           f"of '{ds.name}' in {time.perf_counter() - t0:.1f} s; test accuracy {100 * acc:.2f}%")
     print(f"wrote {out}, calibration split {calib_out} ({len(splits.calib.y)}), test split {test_out} ({len(splits.test.y)})")
     return 0
+
+
+def _same_split(path: Path, part: "Dataset") -> bool:
+    """``path`` exists and holds exactly these samples and labels (e.g. the split of an
+    earlier train on the same data and seed)."""
+    if not path.is_file():
+        return False
+    from spikeforge import data
+
+    try:
+        old = data.load_npz(path)
+    except SpikeforgeError:
+        return False
+    return (old.x.shape == part.x.shape and np.array_equal(old.x, part.x)
+            and np.array_equal(old.y, part.y))
+
+
+def _refuse_overwrite(writes: list, data_spec: str, force: bool) -> None:
+    """train writes the splits beside the model: never over the --data input, nor (without
+    --force) over a different data file already there (a user's own test set, say)."""
+    source = Path(data_spec).resolve() if data_spec != "digits" else None
+    paths = [p.resolve() for p, _, _ in writes]
+    if len(set(paths)) < len(paths):
+        raise SpikeforgeError(f"{writes[0][0]}: expected different files for the calibration and test splits, "
+                              f"found the same name twice")
+    for (path, part, option), resolved in zip(writes, paths):
+        if source is not None and resolved == source:
+            raise SpikeforgeError(f"{path}: expected a new file for the {option[2:-4]} split, found the --data "
+                                  f"input itself (name another with {option})")
+        if path.exists() and not force and not _same_split(path, part):
+            raise SpikeforgeError(f"{path}: expected a new file for the {option[2:-4]} split, found an existing "
+                                  f"file with other data (pass --force to overwrite it, or name another "
+                                  f"with {option})")
 
 
 # -- convert ------------------------------------------------------------------------------------
@@ -199,20 +258,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
         print("\n".join(describe_changes(changes)))
     head = ("layer", "neurons", "synapses", "weight_exp", "vth", "bias_exp", "clipped_w", "zeroed_w", "sat_bias", "max|a|")
-    rows = [(r.layer, r.neurons, r.synapses, ",".join(map(str, r.weight_exp)), r.vth, r.bias_exp,
+    label = _labeler(snn, ann)
+    rows = [(label(r.layer), r.neurons, r.synapses, ",".join(map(str, r.weight_exp)), r.vth, r.bias_exp,
              r.clipped_weights, r.zeroed_weights, r.saturated_biases, r.max_input) for r in reports]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     for row in (head, *rows):
         print("  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(row, widths))))
     for r in reports:
         if r.may_wrap:
-            print(f"warning: layer '{r.layer}': worst-case input {r.max_input} << 6 can wrap the 24-bit current u")
+            print(f"warning: layer '{label(r.layer)}': worst-case input {r.max_input} << 6 can wrap the 24-bit current u")
         if r.clipped_weights or r.saturated_biases:
-            print(f"warning: layer '{r.layer}': {r.clipped_weights} weights and {r.saturated_biases} biases saturated")
+            print(f"warning: layer '{label(r.layer)}': {r.clipped_weights} weights and {r.saturated_biases} biases saturated")
     if check is not None:
         print(f"check on {check.samples} calibration samples (cpu, T={check.timesteps}): top-1 agreement with "
               f"the ANN {100 * check.agreement:.1f}%; rate correlation per layer: "
-              + ", ".join(f"{r.layer} {r.correlation:.3f}" for r in check.layers))
+              + ", ".join(f"{label(r.layer)} {r.correlation:.3f}" for r in check.layers))
         for w in check.warnings:
             print(f"warning: {w}")
     return 0
@@ -280,12 +340,15 @@ def _timesteps(args: argparse.Namespace, x: np.ndarray) -> int:
     return args.timesteps
 
 
-def _ann_accuracy(ann: "ir.Graph | None", x: np.ndarray, y: np.ndarray) -> float | None:
+def _ann_accuracy(ann: "ir.Graph | None", x: np.ndarray, y: np.ndarray, chunk: int = 8192) -> float | None:
+    """The source ANN's accuracy, evaluated in chunks of samples (bounded memory)."""
     if ann is None:
         return None
     from spikeforge.converter.ann import predict
 
-    return float((predict(ann, x.reshape(len(x), -1)) == y).mean())
+    x = x.reshape(len(x), -1)
+    right = sum(int((predict(ann, x[i:i + chunk]) == y[i:i + chunk]).sum()) for i in range(0, len(x), chunk))
+    return right / len(x) if len(x) else float("nan")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -296,20 +359,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     x, y = _samples(snn, args.data, args.limit)
     with _naming(args.graph):
         options = {"device": args.device} if args.device != "cpu" else {}
-        sim = simulate(snn, args.backend, x, _timesteps(args, x), args.encoding, args.seed, **options)
+        sim = simulate(snn, args.backend, x, _timesteps(args, x), args.encoding, args.seed,
+                       record="readout", memory_mb=args.memory_mb, **options)
     acc = float((sim.predictions == y).mean())
     ann_acc = _ann_accuracy(ann, x if x.ndim == 2 else x.mean(axis=1), y)
-    rates = {k: float(v.mean()) for k, v in sim.result.spikes.items()}
+    rates = sim.firing_rates
     if args.json:
         print(json.dumps({"backend": args.backend, "accuracy": acc, "ann_accuracy": ann_acc,
                           "samples": int(len(y)), "timesteps": args.timesteps, "steps": sim.steps,
                           "encoding": args.encoding, "seconds": sim.seconds, "firing_rates": rates}))
         return 0
     print(f"{args.backend}: accuracy {100 * acc:.2f}% on {len(y)} samples, T={args.timesteps} "
-          f"({sim.steps} steps, {args.encoding if x.ndim == 2 else 'recorded spike'} input), {sim.seconds:.2f} s ({len(y) / sim.seconds:.1f} samples/s)")
+          f"({sim.steps} steps, {args.encoding if x.ndim == 2 else 'recorded spike'} input), {sim.seconds:.2f} s "
+          f"({len(y) / sim.seconds:.1f} samples/s)")
     if ann_acc is not None:
         print(f"ANN accuracy (source model): {100 * ann_acc:.2f}%  (difference {100 * (acc - ann_acc):+.2f} points)")
-    print("firing rate per layer: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
+    label = _labeler(snn, ann)
+    print("firing rate per layer: " + ", ".join(f"{label(k)} {v:.3f}" for k, v in rates.items()))
     return 0
 
 
@@ -360,10 +426,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
     if len(set(names)) != len(names):
         raise SpikeforgeError(f"--backends: expected different backends, found {','.join(names)}")
-    snn, _ = _graphs(args.graph)
+    snn, ann = _graphs(args.graph)
     x, y = _samples(snn, args.data, args.limit)
     with _naming(args.graph):
-        sims, comps = verify(snn, names, x, _timesteps(args, x), args.encoding, args.seed)
+        sims, comps = verify(snn, names, x, _timesteps(args, x), args.encoding, args.seed,
+                             memory_mb=args.memory_mb)
     ok = all(c.mismatched_spikes == 0 and c.mismatched_v_final == 0 for c in comps.values())
     if args.json:
         print(json.dumps({
@@ -377,7 +444,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "equal": ok}))
         return 0 if ok else 1
     ref = sims[names[0]]
-    print(f"reference {names[0]}: {sum(int(s.sum()) for s in ref.result.spikes.values())} spikes, "
+    print(f"reference {names[0]}: {next(iter(comps.values())).reference_spikes} spikes, "
           f"{len(y)} samples x {ref.steps} steps, {ref.seconds:.2f} s")
     for b, c in comps.items():
         status = "identical" if c.mismatched_spikes == 0 and c.mismatched_v_final == 0 else "DIFFERENT"
@@ -385,7 +452,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
               f"{c.mismatched_v_final} mismatching readout potentials, {sims[b].seconds:.2f} s: {status}")
         if c.first_divergence:
             d = c.first_divergence
-            print(f"  first divergence: sample {d.sample}, layer '{d.layer}', neuron {d.neuron}, step {d.step} "
+            print(f"  first divergence: sample {d.sample}, layer '{_labeler(snn, ann)(d.layer)}', neuron {d.neuron}, step {d.step} "
                   f"({names[0]} {'spiked' if d.reference else 'silent'}, {b} {'spiked' if d.other else 'silent'})")
     return 0 if ok else 1
 
@@ -400,7 +467,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if x.ndim == 3:
         raise SpikeforgeError(f"{args.data}: analyze takes rates x; recorded spike trains run with simulate and verify")
     out = Path(args.output)
-    check_output(out / "analysis.png") if out.is_dir() else check_output(out)
+    if out.suffix.lower() == ".png":
+        check_output(out, ".png")  # that file
+    else:
+        check_output(out / "analysis.png") if out.is_dir() else check_output(out)  # a folder
     res = report(snn, ann, x, y, args.timesteps, out, encoding=args.encoding, seed=args.seed)
     if args.json:
         print(json.dumps(res))
@@ -408,8 +478,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(f"{len(y)} samples: ANN accuracy {100 * res['ann_accuracy']:.2f}%; SNN accuracy against T: " +
           ", ".join(f"T={t} {100 * a:.2f}%" for t, a in res["accuracy_vs_T"].items()))
     print(f"{'layer':<20} {'ANN rate':>9} {'SNN rate':>9} {'mean|err|':>10} {'r':>7}")
+    label = _labeler(snn, ann)
     for r in res["layers"]:
-        print(f"{r['layer']:<20} {r['ann_rate']:>9.3f} {r['snn_rate']:>9.3f} {r['mean_abs_error']:>10.4f} "
+        print(f"{label(r['layer']):<20} {r['ann_rate']:>9.3f} {r['snn_rate']:>9.3f} {r['mean_abs_error']:>10.4f} "
               f"{r['correlation']:>7.3f}")
     print(f"wrote {res['plot']}")
     return 0
@@ -489,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spikeforge",
         description="Trained rate ANN -> quantized spiking IF/LIF graph (Loihi 2 fixed point), "
                     "run spike for spike on cpu, Brian2 and Lava; see README.md and docs/semantics.md.")
+    p.add_argument("--version", action="version", version=f"spikeforge {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a rate (clipped-ReLU) network and export it to ONNX")
@@ -506,6 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--calib-out", help="calibration split (default: calib.npz beside the model)")
     t.add_argument("--test-out", help="test split (default: test.npz beside the model)")
+    t.add_argument("--split", choices=("official", "random"), default="official",
+                   help="an MNIST idx folder: 'official' keeps its split (t10k is the test set, calibration "
+                        "from the train part), 'random' splits all samples 70/10/20%% like other data")
+    t.add_argument("--force", action="store_true",
+                   help="overwrite calibration/test files that already exist with other data")
     t.add_argument("-o", "--output", required=True)
     t.set_defaults(fn=cmd_train)
 
@@ -557,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--limit", type=_positive, default=None)
         s.add_argument("--encoding", choices=("current", "rate"), default="current")
         s.add_argument("--seed", type=_seed, default=0)
+        s.add_argument("--memory-mb", type=_positive, default=MEMORY_MB,
+                       help=f"memory budget of the samples run at once, MiB (default {MEMORY_MB})")
         s.add_argument("--json", action="store_true")
         s.set_defaults(fn=fn)
 
@@ -584,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--encoding", choices=("current", "rate"), default="current")
     a.add_argument("--seed", type=_seed, default=0)
     a.add_argument("--json", action="store_true")
-    a.add_argument("-o", "--output", required=True, help="folder for analysis.png (created in an existing folder)")
+    a.add_argument("-o", "--output", required=True,
+                   help="a .png file, or a folder for analysis.png (created in an existing folder)")
     a.set_defaults(fn=cmd_analyze)
 
     r = sub.add_parser("report", help="PNG figures and index.html: rasters, membrane traces, ANN vs SNN, "
@@ -639,10 +719,31 @@ def _naming(graph_path: str) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from spikeforge import interrupts, progress
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    progress.enable(progress.wanted(getattr(args, "json", False)))
+    # SIGINT and SIGTERM: one Interrupted, whose cleanup later signals never cut short
+    with interrupts.installed():
+        try:
+            return _run(args)
+        finally:
+            progress.enable(False)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; every failure as one line and its exit code."""
+    from spikeforge import interrupts
+
     try:
-        return args.fn(args)
+        code = args.fn(args)
+        if interrupts.received() is not None:  # caught somewhere below: still no result
+            raise interrupts.Interrupted(interrupts.received() or signal.SIGINT)
+        return code
+    except interrupts.Interrupted as exc:
+        print(f"spikeforge: interrupted ({signal.Signals(exc.signum).name})", file=sys.stderr)
+        return exc.exit_code
     except SpikeforgeError as exc:
         print(f"spikeforge: error: {exc}", file=sys.stderr)
         return 2

@@ -356,3 +356,20 @@ def split(ds: Dataset, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int =
         index = index[rng.permutation(index.size)]
         out.append(ds.subset(index, f"{ds.name}:{label}"))
     return Split(*out)
+
+
+def has_official_split(spec: str | os.PathLike[str]) -> bool:
+    """A folder of MNIST idx files with both the train and the t10k (test) parts."""
+    path = Path(os.fspath(spec))
+    return path.is_dir() and all(_find_idx(path, MNIST_PARTS[k][0], "idx3") is not None
+                                 for k in ("train", "test"))
+
+
+def official_split(directory: PathLike, calib_fraction: float = 0.125, seed: int = 0) -> Split:
+    """MNIST's own split: t10k is the test set; calibration is a stratified
+    ``calib_fraction`` of the train part, the rest trains."""
+    train = load_mnist_idx(directory, "train")
+    parts = split(train, (1.0 - calib_fraction, calib_fraction, 0.0), seed=seed)
+    test = load_mnist_idx(directory, "test")
+    return Split(parts.train, parts.calib, test._replace(name=f"{train.name}:test"))
+

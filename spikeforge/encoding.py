@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from spikeforge.errors import DataError
+from spikeforge.neuron import uniform_ints
 
 Encoding = Literal["current", "rate"]
 ENCODINGS = ("current", "rate")
@@ -38,9 +39,18 @@ def encode_spikes(spikes: np.ndarray, timesteps: int, depth: int, payload_max: i
     return out
 
 
+#: Mixed into the rate code's seed, so its stream differs from a stochastic layer's of the same seed.
+RATE_STREAM = 0x52415445
+
+
 def encode(x: np.ndarray, timesteps: int, depth: int, payload_max: int,
-           encoding: Encoding = "current", seed: int = 0) -> np.ndarray:
-    """x (batch, n) in [0, 1] -> payloads (batch, timesteps + depth, n), int32."""
+           encoding: Encoding = "current", seed: int = 0, first_sample: int = 0) -> np.ndarray:
+    """x (batch, n) in [0, 1] -> payloads (batch, timesteps + depth, n), int32.
+
+    The rate code fires input i of sample s at step t where
+    ``uniform_ints(seed ^ RATE_STREAM, s, t, i, 2**24) < x * 2**24`` (spikeforge.neuron's
+    counter-based stream), s = ``first_sample`` + row: encoding a data set in chunks gives
+    the same payloads as encoding it whole."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise DataError(f"input: expected a (samples, features) array, found shape {x.shape}")
@@ -54,7 +64,9 @@ def encode(x: np.ndarray, timesteps: int, depth: int, payload_max: int,
     if encoding == "current":
         out[:, :timesteps] = np.rint(x * payload_max).astype(np.int32)[:, None, :]
     else:
-        rng = np.random.default_rng(seed)
-        fire = rng.random((x.shape[0], timesteps, x.shape[1])) < x[:, None, :]
-        out[:, :timesteps] = fire * payload_max
+        samples = np.arange(first_sample, first_sample + x.shape[0])
+        level = x * float(2**24)
+        for t in range(timesteps):
+            fire = uniform_ints((int(seed) ^ RATE_STREAM) & (2**64 - 1), samples, t, x.shape[1], 2**24) < level
+            out[:, t] = fire * payload_max
     return out

@@ -247,7 +247,7 @@ def decode_graph(path: Path | str, key: str, doc: object, read: ArrayReader) -> 
         raise GraphFileError(f"{path}: graph '{key}' edges: expected a list of [source, target] name pairs")
     if not isinstance(meta, dict):
         raise GraphFileError(f"{path}: graph '{key}' metadata: expected an object, found {_what(meta)}")
-    _check_metadata(path, key, meta)
+    _check_metadata(path, key, meta)  # type: ignore[arg-type]
     nodes = [_decode_node(path, key, i, nd, read) for i, nd in enumerate(nodes_doc)]
     try:
         return ir.Graph(tuple(nodes), tuple((a, b) for a, b in edges_doc), meta)

@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable, Literal, Mapping, NamedTuple, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, NamedTuple, Sequence, TypeVar, overload
 
 import numpy as np
 
@@ -754,7 +754,12 @@ class Graph:
     def successors(self, name: str) -> list[str]:
         return list(self._adjacency[1].get(name, ()))
 
-    def of_type(self, *types: type) -> list[Node]:
+    @overload
+    def of_type(self, types: type[_N], /) -> list[_N]: ...
+    @overload
+    def of_type(self, *types: type) -> list[Node]: ...
+
+    def of_type(self, *types: type) -> list[Any]:
         return [n for n in self.nodes if isinstance(n, types)]
 
     @property
@@ -946,6 +951,7 @@ def _toposort(names: Sequence[str], edges: Sequence[tuple[str, str]]) -> list[st
 
 
 # -- registries ------------------------------------------------------------------------------
+_N = TypeVar("_N", bound="Node")  # Graph.of_type(X) -> list[X]
 F = TypeVar("F", bound=Callable)
 
 

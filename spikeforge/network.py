@@ -73,7 +73,7 @@ class Projection(NamedTuple):
 
 @dataclass
 class Network:
-    input: InputLayer | None = None
+    input: InputLayer = None  # type: ignore[assignment]  # set by lower(); every network has one
     layers: list[Layer] = field(default_factory=list)
     projections: list[Projection] = field(default_factory=list)
     readout: str = ""
@@ -114,7 +114,7 @@ def _lower_flatten(node: ir.Flatten, graph: ir.Graph, net: Network) -> None:
 
 
 @LOWER.register(ir.FixedLIF, ir.FixedStochastic)
-def _lower_neuron(node: ir.Node, graph: ir.Graph, net: Network) -> None:
+def _lower_neuron(node: ir.FixedLIF | ir.FixedStochastic, graph: ir.Graph, net: Network) -> None:
     net.layers.append(Layer(node.name, node))
 
 

@@ -8,7 +8,7 @@ All arrays are batched: state has shape (batch, neurons).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -112,7 +112,7 @@ def stochastic_step(p: StochasticParams, a: np.ndarray, r: np.ndarray) -> np.nda
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-def _splitmix64(z: np.ndarray) -> np.ndarray:
+def _splitmix64(z: Any) -> Any:  # an array or a np.uint64 scalar
     z = (z + np.uint64(0x9E3779B97F4A7C15)) & _M64
     z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
     z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
@@ -136,7 +136,7 @@ def uniform_ints(seed: int, samples: np.ndarray, step: int, n: int, high: int) -
         return (((h >> np.uint64(32)) * np.uint64(high)) >> np.uint64(32)).astype(np.int64)
 
 
-def shift(acc: np.ndarray, exp: int) -> np.ndarray:
+def shift(acc: Any, exp: int) -> Any:  # an integer array or scalar
     """acc * 2**exp with floor rounding (an arithmetic shift), as Lava's Dense applies it."""
     return acc << exp if exp >= 0 else acc >> -exp
 

@@ -127,8 +127,8 @@ def accuracy_vs_T(timesteps: Sequence[int], curves: Mapping[str, Sequence[float]
     ``references[label]`` (e.g. the ANN) are horizontal dashed lines."""
     ax = _axes(ax)
     T = np.asarray(timesteps, dtype=float)
-    for label, acc in curves.items():
-        ax.plot(T, np.asarray(acc, dtype=float), "o-", label=label)
+    for label, accs in curves.items():
+        ax.plot(T, np.asarray(accs, dtype=float), "o-", label=label)
     for label, acc in (references or {}).items():
         ax.axhline(acc, ls="--", lw=1.0, color="k", label=f"{label} ({acc:.3f})")
     ax.set_xscale("log", base=2)

@@ -132,7 +132,7 @@ def build(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, y: np.ndarray, timesteps:
         raise SpikeforgeError(f"--sample: expected an index in [0, {len(x) - 1}], found {sample}")
     net = lower(snn)
     labels = layer_labels(net)
-    rows, sim = compare_layers(snn, ann, x, timesteps, encoding, seed)
+    rows, sim = compare_layers(snn, ann, x, timesteps, encoding, seed, record="all")
     res = sim.result
     acc = float((sim.predictions == y).mean())
     ann_acc = float((predict(ann, x) == y).mean())
@@ -143,7 +143,7 @@ def build(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, y: np.ndarray, timesteps:
     pairs = [(labels[r.layer], r.ann, r.snn) for r in rows]
     lam = snn.metadata.get("normalization", {}).get("lambda", {})
     ro_syn = next((p.name for p in net.incoming(net.readout) if not p.recurrent), None)
-    if ro_syn in lam and ro_syn in ann.by_name:
+    if ro_syn in lam and ro_syn in ann.by_name and net.readout not in {r.layer for r in rows}:
         ro_ann = np.clip(forward(ann, x)[ro_syn] / lam[ro_syn], 0.0, 1.0)
         ro_snn = window_rates(res, {net.readout: net.delays[net.readout]}, timesteps)[net.readout]
         pairs.append((labels[net.readout], ro_ann, ro_snn))

@@ -73,6 +73,7 @@ def assert_identical(expected, got, check_v_final: bool = True) -> None:
     c = compare(expected, got, list(expected.spikes))
     if c.mismatched_spikes:
         d = c.first_divergence
+        assert d is not None
         raise AssertionError(f"layer {d.layer}: spikes differ first at sample {d.sample}, step {d.step}, "
                              f"neuron {d.neuron} (expected {d.reference}, got {d.other}); "
                              f"{c.mismatched_spikes} differences")

@@ -266,6 +266,7 @@ def test_isolated_from_brian2_globals():
     assert not brian2.magic_network.objects
 
 
+@pytest.mark.slow  # a cold cython compile takes about a minute
 def test_cython_target():
     """The cython target compiles the neuron update and matches the cpu spikes exactly.
 

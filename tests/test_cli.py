@@ -157,6 +157,9 @@ def test_check_lists_loihi2_violations(workdir):
     run_cli("convert", "model.onnx", "--calib", "calib.npz", "--reset", "subtract", "-o", "sub.sfg", cwd=workdir)
     r = run_cli("check", "sub.sfg", cwd=workdir)
     assert r.returncode == 1 and "reset='subtract'" in r.stdout and "'readout'" in r.stdout
+    assert "hint: 'spikeforge convert model.onnx --reset zero' makes it fit" in r.stdout
+    r = run_cli("check", "sub.sfg", "--json", cwd=workdir)
+    assert "--reset zero' makes it fit" in json.loads(r.stdout)["hint"]
     r = run_cli("simulate", "zero.sfg", "--backend", "loihi", "--data", "test.npz", cwd=workdir)
     assert r.returncode == 2 and "lava-loihi" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -167,6 +170,101 @@ def test_analyze_writes_plot_and_numbers(workdir):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert (workdir / "report" / "analysis.png").stat().st_size > 10_000
-    (layer,) = res["layers"]
-    assert layer["correlation"] > 0.95 and layer["mean_abs_error"] < 0.05
+    hidden, readout = res["layers"]  # the readout's correlation is shown too
+    assert hidden["correlation"] > 0.95 and hidden["mean_abs_error"] < 0.05
+    assert readout["layer"] == "readout" and readout["correlation"] > 0.8
     assert res["accuracy_vs_T"]["32"] >= res["ann_accuracy"] - 0.05
+    # -o NAME.png writes that file, not a folder of that name
+    r = run_cli("analyze", "an.sfg", "--data", "test.npz", "--limit", "20", "-o", "report.png", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert (workdir / "report.png").is_file() and (workdir / "report.png").stat().st_size > 10_000
+    assert "readout" in r.stdout and "wrote report.png" in r.stdout
+
+
+def test_version():
+    r = subprocess.run([*CLI, "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "spikeforge 0.1.0"
+
+
+def test_train_refuses_to_overwrite_data(tmp_path):
+    """A user's 450-sample test.npz became 359 samples; --test-out equal to --data replaced the input."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    mine = {"x": rng.random((450, 64)).astype(np.float32), "y": rng.integers(0, 10, 450)}
+    np.savez(tmp_path / "test.npz", **mine)
+    before = (tmp_path / "test.npz").read_bytes()
+    r = run_cli("train", "--epochs", "1", "--hidden", "16", "-o", "model.onnx", cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "test.npz: expected a new file for the test split" in r.stderr and "--force" in r.stderr
+    assert (tmp_path / "test.npz").read_bytes() == before
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "calib.npz").exists()
+    r = run_cli("train", "--data", "test.npz", "--epochs", "1", "--hidden", "16", "--test-out", "test.npz",
+                "--calib-out", "c.npz", "-o", "model.onnx", "--force", cwd=tmp_path)
+    assert r.returncode == 2 and "test.npz: expected a new file for the test split, found the --data input" in r.stderr
+    assert (tmp_path / "test.npz").read_bytes() == before
+    # --force overwrites; the same split again (same data and seed) needs no --force
+    r = run_cli("train", "--epochs", "1", "--hidden", "16", "-o", "model.onnx", "--force", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--epochs", "1", "--hidden", "16", "-o", "model2.onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_numeric_layer_names_show_their_op(tmp_path):
+    """A torch Sequential's layers are called '1', '3': the tables say '1 (Relu)'."""
+    import numpy as np
+    import torch
+
+    from spikeforge import graphio
+    from spikeforge.converter.torch_import import from_torch
+
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
+    graphio.save(tmp_path / "seq.sfg", ann=from_torch(seq, (8,), exporter="torchscript"))  # names "0", "1", "2"
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "c.npz", x=rng.random((40, 8)), y=rng.integers(0, 4, 40))
+    r = run_cli("convert", "seq.sfg", "--calib", "c.npz", "-o", "net.sfg", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "\n1 (Relu) " in r.stdout and "readout " in r.stdout
+    r = run_cli("simulate", "net.sfg", "--data", "c.npz", cwd=tmp_path)
+    assert r.returncode == 0 and "1 (Relu) " in r.stdout, r.stderr
+
+
+def test_progress_bar_on_a_terminal_only(workdir):
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    run_cli("convert", "model.onnx", "--calib", "calib.npz", "-o", "net.sfg", cwd=workdir)
+    args = ["simulate", "net.sfg", "--backend", "brian2", "--data", "test.npz", "--limit", "30"]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen([*CLI, *args], cwd=workdir, stdout=subprocess.PIPE, stderr=slave, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read() -> None:  # concurrently: a full terminal buffer would block the CLI
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO once the CLI has closed the terminal
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(timeout=300)
+    reader.join(10)
+    os.close(master)
+    err = b"".join(chunks)
+    assert proc.returncode == 0 and out.startswith("brian2: accuracy")
+    assert b"brian2" in err and b"30/30" in err and b"sample" in err, err  # the bar, on the terminal
+    quiet = run_cli(*args, cwd=workdir)  # no terminal: no bar
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    r = run_cli(*args, "--json", cwd=workdir)
+    assert r.returncode == 0 and r.stderr == "" and json.loads(r.stdout)["samples"] == 30

@@ -8,6 +8,7 @@ import pytest
 from spikeforge import ir
 from spikeforge.backends import get_backend
 from spikeforge.encoding import encode
+from spikeforge.network import lower
 from spikeforge.neuron import LIFParams, LIFState, decay, lif_step, wrap24
 from spikeforge.runner import payloads_for
 from spikeforge.testing import random_fixed_graph, random_inputs
@@ -166,7 +167,7 @@ def test_subtractive_leak_stops_at_rest():
     assert vs == [-3200, -2200, -1200, -200]
 
 
-def test_chunked_simulation_equals_whole(monkeypatch):
+def test_chunked_simulation_equals_whole():
     from spikeforge import runner
 
     g = random_fixed_graph([10, 8, 4], seed=5, recurrent=True)
@@ -174,9 +175,19 @@ def test_chunked_simulation_equals_whole(monkeypatch):
                                              bias_exp=n.bias_exp, seed=7) if n.name == "lif1" else n
                           for n in g.nodes])
     x = random_inputs(9, 10, seed=3)
-    whole = runner.simulate(stoch, "cpu", x, 12)
-    monkeypatch.setattr(runner, "CHUNK_VALUES", 10 * 14 * 2)  # two samples per chunk
-    chunked = runner.simulate(stoch, "cpu", x, 12)
-    for k in whole.result.spikes:
-        assert np.array_equal(whole.result.spikes[k], chunked.result.spikes[k])
-    assert np.array_equal(whole.result.v_final, chunked.result.v_final)
+    net = lower(stoch)
+    two = 2 * runner.bytes_per_sample(net, net.steps(12)) / 2**20  # two samples per chunk
+    assert runner.chunk_samples(net, net.steps(12), two) == 2
+    for encoding in ("current", "rate"):
+        whole = runner.simulate(stoch, "cpu", x, 12, encoding)
+        chunked = runner.simulate(stoch, "cpu", x, 12, encoding, memory_mb=two)
+        for k in whole.result.spikes:
+            assert np.array_equal(whole.result.spikes[k], chunked.result.spikes[k])
+        assert np.array_equal(whole.result.v_final, chunked.result.v_final)
+        assert whole.firing_rates == chunked.firing_rates
+        # only the readout recorded: the same predictions and rates, no other layer kept
+        ro = runner.simulate(stoch, "cpu", x, 12, encoding, record="readout", memory_mb=two)
+        assert list(ro.result.spikes) == [net.readout]
+        assert np.array_equal(ro.predictions, whole.predictions)
+        assert ro.firing_rates == whole.firing_rates
+        assert whole.firing_rates["lif1"] == whole.result.spikes["lif1"].mean()

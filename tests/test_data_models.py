@@ -295,3 +295,27 @@ def test_onnx_export_round_trip(tmp_path: Path, trained) -> None:
     assert evaluate_onnx(path, parts.test) == pytest.approx(evaluate(model, parts.test))
     with pytest.raises(DataError):
         evaluate_onnx(tmp_path / "absent.onnx", parts.test)
+
+
+def test_mnist_folder_keeps_its_official_split(tmp_path: Path) -> None:
+    """t10k is the test set (train's 70/10/20% split mixed it into training before)."""
+    xtr, ytr = small_mnist(40, 0)
+    xte, yte = small_mnist(12, 1)
+    write_idx(tmp_path / "train-images-idx3-ubyte", xtr)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", ytr)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", xte)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", yte)
+    assert data.has_official_split(tmp_path) and not data.has_official_split(tmp_path / "train-images-idx3-ubyte")
+    parts = data.official_split(tmp_path)
+    assert parts.test.n == 12 and np.allclose(parts.test.x, xte.reshape(12, -1) / 255.0)
+    assert parts.train.n + parts.calib.n == 40 and 0 < parts.calib.n < 10
+    from spikeforge.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["train", "--data", str(tmp_path), "--epochs", "1", "--hidden", "8", "-o", str(out / "m.onnx")]) == 0
+    assert np.array_equal(data.load(out / "test.npz").y, yte.astype(np.int64))
+    assert main(["train", "--data", str(tmp_path), "--split", "random", "--epochs", "1", "--hidden", "8",
+                 "-o", str(out / "m.onnx"), "--force"]) == 0
+    mixed = data.load(out / "test.npz")
+    assert not (mixed.n == 12 and np.allclose(mixed.x, xte.reshape(12, -1) / 255.0))

@@ -150,7 +150,7 @@ FAMILY_CASES = {
                        3, 12, "current"),
     "all-LIF-rate-feedback": ([12, 16, 12, 6], dict(LIF, recurrent=True, feedback=True, seed=9),
                               dict(reset="value", v_reset=-0.5, v_rest=-0.4, leak=0.05,
-                                   refractory=2), 3, 12, "rate"),
+                                   refractory=2), 4, 12, "rate"),
     # one network, its layers on different paths: Lava's subthr_dynamics with refractory
     # (lif1), spikeforge's v update (lif2, lif3)
     "mixed-layers-LIF-current-feedback": (
@@ -379,7 +379,9 @@ def test_check_file_for_the_cli(tmp_path):
     code, text = check_file(bad)
     assert code == 1
     assert text.splitlines() == [f"{bad}: does not fit loihi2: 6 violations"] + [
-        f"  - {p}" for p in LOIHI2_VIOLATIONS]
+        f"  - {p}" for p in LOIHI2_VIOLATIONS] + [
+        "hint: 'spikeforge convert MODEL --reset zero' removes the 1 reset violation (reset to zero "
+        "is Loihi 2's native reset; reset by subtraction runs on the lava simulator only)"]
     assert check_file(good) == (0, f"{good}: fits loihi2")
     code, text = check_file(bad, as_json=True)
     assert code == 1 and '"fits": false' in text and "lif3" in text

@@ -22,6 +22,7 @@ from spikeforge.backends.lava_procs.process import (RESET_SUBTRACT, RESET_VALUE,
                                                     SPIKES_PER_WORD, SpikeforgeConv,
                                                     SpikeforgeLIF, SpikeforgeStochastic,
                                                     SpikeRecorder, WindowRecorder)
+from spikeforge import progress
 from spikeforge.fixedpoint import ACT_SHIFT
 from spikeforge.neuron import shift, uniform_ints
 
@@ -213,3 +214,5 @@ class PyWindowRecorderModel(PyLoihiProcessModel):
         x = self.a_in.recv()
         if self.time_step % self.window == 0:
             self.data[:, self.time_step // self.window - 1] = x.reshape(-1)
+            if progress.counter is not None:  # samples done, for the parent's progress bar
+                progress.counter[0] = self.time_step // self.window

@@ -128,8 +128,8 @@ class SpikeforgeConv(AbstractProcess):
         weight = np.asarray(weight)
         geometry = ConvGeometry(tuple(int(d) for d in input_shape),
                                 (int(weight.shape[2]), int(weight.shape[3])),
-                                tuple(int(d) for d in stride), tuple(int(d) for d in padding),
-                                tuple(int(d) for d in dilation), int(groups), int(weight.shape[0]))
+                                tuple(int(d) for d in stride), tuple(int(d) for d in padding),  # type: ignore[arg-type]
+                                tuple(int(d) for d in dilation), int(groups), int(weight.shape[0]))  # type: ignore[arg-type]
         n_in = int(np.prod(geometry.input_shape))
         n_out = int(np.prod(geometry.output_shape))
         super().__init__(geometry=geometry, weight_exp=int(weight_exp),
