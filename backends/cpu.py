@@ -181,7 +181,6 @@ def _prepare_layer(net: Network, layer: Layer, device: str) -> Neurons:
 # -- arithmetic on tensors ----------------------------------------------------------------------
 def _acc(prog: CpuProgram, syn: Synapse, s):
     """floor(W s 2**exp) for s (N, src) in syn.dtype -> (N, dst) float, exact."""
-    torch = _torch()
     import torch.nn.functional as F
 
     g = syn.proj.conv
