@@ -77,7 +77,6 @@ class CpuBackend(Backend):
     subtraction as a cumulative sum and max over time; None: on CUDA, where it saves launches)."""
 
     name = "cpu"
-    records = True  # run() takes ``record``: layers nobody keeps are simulated only as far as needed
 
     def __init__(self, time_batched: bool | None = None, device: str = "cpu", threads: int | None = None,
                  conv_im2col: bool | None = None, closed_form: bool | None = None) -> None:

@@ -154,10 +154,7 @@ def simulate(graph: ir.Graph, backend: str, x: np.ndarray, timesteps: int,
     out = _Collector(net, len(x), steps, keep)
     with progress.bar(len(x), backend) as bar:
         for start, payloads in _chunks(net, x, timesteps, encoding, seed, per_chunk):
-            # a backend that can skip layers (cpu) is told which are kept; on_chunk sees them all
-            r = (be.run(program, payloads, sample_offset=start, record=keep)
-                 if on_chunk is None and getattr(be, "records", False) else
-                 be.run(program, payloads, sample_offset=start))
+            r = be.run(program, payloads, sample_offset=start)  # every layer: its firing rate is summed
             interrupts.check()
             del payloads
             if on_chunk is not None:
