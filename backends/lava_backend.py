@@ -236,7 +236,14 @@ def _progress(start: int, done: int) -> None:
 
 def import_lava() -> None:
     """Import Lava in this process (before any fork: importing lava calls
-    multiprocessing.set_start_method('fork'), which fails once a start method is set)."""
+    multiprocessing.set_start_method('fork'), which fails once a start method is set). A
+    start method already fixed to 'fork' (torch's dynamo ONNX exporter fixes it) is what Lava
+    wants: it is unfixed so that Lava's own call succeeds and sets it again."""
+    import sys
+
+    if "lava.magma.runtime.message_infrastructure.multiprocessing" not in sys.modules and \
+            multiprocessing.get_start_method(allow_none=True) == "fork":
+        multiprocessing.context._default_context._actual_context = None  # type: ignore[attr-defined]
     try:
         import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
     except ImportError as exc:
