@@ -268,3 +268,27 @@ def test_progress_bar_on_a_terminal_only(workdir):
     assert quiet.returncode == 0 and quiet.stderr == ""
     r = run_cli(*args, "--json", cwd=workdir)
     assert r.returncode == 0 and r.stderr == "" and json.loads(r.stdout)["samples"] == 30
+
+
+def test_recorded_spike_input_simulates_and_verifies_everywhere(workdir):
+    """A .npz of recorded binary input spikes (samples, T, inputs) and labels runs as binary
+    input spikes on cpu, lava and brian2, spike for spike."""
+    import numpy as np
+
+    r = run_cli("convert", "model.onnx", "--calib", "calib.npz", "--reset", "zero", "-o", "net-spk.sfg", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    test = np.load(workdir / "test.npz")
+    rng = np.random.default_rng(0)
+    x = test["x"][:6].reshape(6, 1, -1)
+    spikes = rng.random((6, 16, x.shape[2])) < x  # Bernoulli spike trains of the pixel rates
+    np.savez(workdir / "spikes.npz", spikes=spikes, y=test["y"][:6])
+    r = run_cli("simulate", "net-spk.sfg", "--data", "spikes.npz", "--json", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["timesteps"] == 16
+    r = run_cli("verify", "net-spk.sfg", "--backends", "cpu,lava,brian2", "--data", "spikes.npz", "--json",
+                cwd=workdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ver = json.loads(r.stdout)
+    assert ver["reference_spikes"] > 0
+    for b in ("lava", "brian2"):
+        assert ver["backends"][b]["mismatched_spikes"] == 0 and ver["backends"][b]["spikes"] == ver["reference_spikes"]
