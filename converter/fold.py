@@ -29,7 +29,8 @@ def identity_synapse(name: str, shape: ir.Shape) -> ir.Node:
     return ir.Affine(name, np.eye(n), np.zeros(n))
 
 
-def _unique(graph_names: set[str], base: str) -> str:
+def unique_name(graph_names: set[str], base: str) -> str:
+    """``base``, or ``base_2``, ``base_3``, ... : the first not in ``graph_names`` (then added)."""
     name, k = base, 1
     while name in graph_names:
         k += 1
@@ -139,7 +140,7 @@ def _fold_pool(ed: _Edit, pool: ir.AvgPool2d, names: set[str]) -> None:
             ed.edges = [(src, s) if e == (pool.name, s) else e for e in ed.edges]
         elif isinstance(node, ir.Flatten) and len(node.out_shape) == 1 \
                 and all(isinstance(ed.nodes[a], ir.Affine) for a in ed.succs(s)):
-            flat = ir.Flatten(_unique(names, f"{node.name}_unpooled"), pool.input_shape)
+            flat = ir.Flatten(unique_name(names, f"{node.name}_unpooled"), pool.input_shape)
             ed.add(flat, s)
             ed.edges.append((src, flat.name))
             for a in ed.succs(s):
@@ -164,7 +165,7 @@ def _split_concat(ed: _Edit, cat: ir.Concat, names: set[str]) -> None:
         node = ed.nodes[s]
         targets = ed.succs(s)
         if isinstance(node, ir.Conv2d) and node.groups == 1:
-            pieces = [ir.Conv2d(_unique(names, f"{node.name}.{k}") if k else node.name, shp,
+            pieces = [ir.Conv2d(unique_name(names, f"{node.name}.{k}") if k else node.name, shp,
                                 stride=node.stride, padding=node.padding, dilation=node.dilation,
                                 weight=node.weight[:, bounds[k]:bounds[k + 1]],
                                 bias=node.bias if k == 0 else np.zeros_like(node.bias))
@@ -184,8 +185,8 @@ def _split_concat(ed: _Edit, cat: ir.Concat, names: set[str]) -> None:
                 aff = ed.nodes[a]
                 dsts = ed.succs(a)
                 for k, (inp, shp) in enumerate(zip(inputs, cat.input_shapes)):
-                    flat = ir.Flatten(_unique(names, f"{node.name}.{k}"), shp)
-                    piece = aff.replace(name=aff.name if k == 0 else _unique(names, f"{aff.name}.{k}"),
+                    flat = ir.Flatten(unique_name(names, f"{node.name}.{k}"), shp)
+                    piece = aff.replace(name=aff.name if k == 0 else unique_name(names, f"{aff.name}.{k}"),
                                         weight=aff.weight[:, cols[k]:cols[k + 1]],
                                         bias=aff.bias if k == 0 else np.zeros_like(aff.bias))
                     ed.add(flat, s)

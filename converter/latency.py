@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from spikeforge import fixedpoint, ir
+from spikeforge.converter.fold import unique_name
 from spikeforge.errors import UnsupportedError
 
 
@@ -51,12 +52,7 @@ def balance_latency(graph: ir.Graph) -> ir.Graph:
     added = 0
 
     def unique(base: str) -> str:
-        name, k = base, 1
-        while name in names:
-            k += 1
-            name = f"{base}_{k}"
-        names.add(name)
-        return name
+        return unique_name(names, base)
 
     def delayed(src: str, k: int) -> str:
         """The relay chain's layer that carries ``src`` k steps later."""
