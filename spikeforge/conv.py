@@ -45,14 +45,11 @@ def fan_in(weight: np.ndarray) -> int:
 
 
 def exact_dtype(weight: np.ndarray, max_input: int) -> str:
-    """The cheaper float type whose sums of these integers are exact (partial sums < 2**24
-    for float32, < 2**53 for float64)."""
-    bound = fan_in(weight) * max(1, int(np.abs(weight).max(initial=0))) * max(1, max_input)
-    if bound < 2**24:
-        return "float32"
-    if bound < 2**53:
-        return "float64"
-    raise OverflowError(f"integer sums up to {bound} cannot be computed exactly in float64")
+    """The cheaper float type whose sums of these integers are exact (spikeforge.neuron.exact_float_dtype)."""
+    from spikeforge.neuron import exact_float_dtype
+
+    dt = exact_float_dtype(fan_in(weight), int(np.abs(weight).max(initial=0)), max_input)
+    return np.dtype(dt).name
 
 
 def conv2d_int(s: np.ndarray, weight: np.ndarray, geom: ConvGeometry, max_input: int) -> np.ndarray:

@@ -285,8 +285,26 @@ def _padding4(value: object, where: str) -> tuple[int, int, int, int]:
     return _ints(vals, 4, where)  # type: ignore[return-value]
 
 
+class _Windowed:
+    """Nodes whose output shape follows from their ConvGeometry (convolutions, pools)."""
+
+    input_shape: Shape
+
+    @property
+    def geometry(self) -> ConvGeometry:
+        raise NotImplementedError(type(self).__name__)  # Conv2d, FixedConv2d and AvgPool2d define it
+
+    @property
+    def in_shape(self) -> Shape:
+        return self.input_shape
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.geometry.output_shape
+
+
 @dataclass(frozen=True, eq=False)
-class _ConvBase(Node):
+class _ConvBase(_Windowed, Node):
     """Shared geometry of Conv2d and FixedConv2d (NIR Conv2d field names). ``weight`` is
     (C_out, C_in / groups, kH, kW); ``padding`` (pad_h, pad_w) or (top, left, bottom, right)."""
 
@@ -312,14 +330,6 @@ class _ConvBase(Node):
         return ConvGeometry(self.input_shape, (int(weight.shape[2]), int(weight.shape[3])),
                             self.stride, self.padding, self.dilation, self.groups,
                             int(weight.shape[0]))
-
-    @property
-    def in_shape(self) -> Shape:
-        return self.input_shape
-
-    @property
-    def out_shape(self) -> Shape:
-        return self.geometry.output_shape
 
     def validate(self) -> None:
         super().validate()
@@ -362,7 +372,7 @@ class Conv2d(_ConvBase):
 
 
 @dataclass(frozen=True, eq=False)
-class AvgPool2d(Node):
+class AvgPool2d(_Windowed, Node):
     """y = average of ``kernel_size`` windows (NIR AvgPool2d; zero padding counted in the
     average). An ANN-level node: conversion folds it into the next affine map."""
 
@@ -382,14 +392,6 @@ class AvgPool2d(Node):
     def geometry(self) -> ConvGeometry:
         return ConvGeometry(self.input_shape, self.kernel_size, self.stride, self.padding, (1, 1),
                             self.input_shape[0], self.input_shape[0])
-
-    @property
-    def in_shape(self) -> Shape:
-        return self.input_shape
-
-    @property
-    def out_shape(self) -> Shape:
-        return self.geometry.output_shape
 
     def validate(self) -> None:
         super().validate()
