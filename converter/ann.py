@@ -83,8 +83,10 @@ def forward(graph: ir.Graph, x: np.ndarray, iterations: int | None = None) -> di
                 arg = x
             elif isinstance(node, ir.Concat):
                 arg = np.concatenate([acts[p] for p in preds], axis=1)
-            else:
-                arg = sum(acts[p] for p in preds)
+            else:  # residual sums: every input of the node added
+                arg = acts[preds[0]]
+                for p in preds[1:]:
+                    arg = arg + acts[p]
             acts[name] = EVAL.lookup(node)(node, arg)
         return acts
     return {k: v.mean(axis=0) for k, v in trajectory(graph, x, iterations).items()}

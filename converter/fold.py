@@ -13,10 +13,14 @@ is accepted; what cannot be folded exactly is refused by name.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 
 from spikeforge import ir
 from spikeforge.errors import UnsupportedError
+
+_N = TypeVar("_N", bound=ir.Node)
 
 
 def identity_synapse(name: str, shape: ir.Shape) -> ir.Node:
@@ -43,10 +47,15 @@ class _Edit:
     """Mutable working copy of a graph's nodes and edges (edge order kept)."""
 
     def __init__(self, graph: ir.Graph) -> None:
-        self.nodes = {n.name: n for n in graph.nodes}
+        self.nodes: dict[str, ir.Node] = {n.name: n for n in graph.nodes}
         self.order = [n.name for n in graph.nodes]
         self.edges = list(graph.edges)
         self.metadata = dict(graph.metadata)
+
+    def get(self, name: str, kind: type[_N]) -> _N:
+        node = self.nodes[name]
+        assert isinstance(node, kind), f"{node.where()}: expected a {kind.__name__}"
+        return node
 
     def preds(self, name: str) -> list[str]:
         return [a for a, b in self.edges if b == name]
@@ -144,10 +153,10 @@ def _fold_pool(ed: _Edit, pool: ir.AvgPool2d, names: set[str]) -> None:
             ed.add(flat, s)
             ed.edges.append((src, flat.name))
             for a in ed.succs(s):
-                aff = ed.nodes[a]
-                new = aff.replace(weight=_pool_matrix_adjoint(aff.weight, pool))
-                _check_same([pool, node, aff], new, f"{pool.where()} followed by {aff.where()}")
-                ed.nodes[a] = new
+                aff = ed.get(a, ir.Affine)
+                folded = aff.replace(weight=_pool_matrix_adjoint(aff.weight, pool))
+                _check_same([pool, node, aff], folded, f"{pool.where()} followed by {aff.where()}")
+                ed.nodes[a] = folded
                 ed.edges = [(flat.name, a) if e == (s, a) else e for e in ed.edges]
             ed.remove(s)
         else:
@@ -182,21 +191,21 @@ def _split_concat(ed: _Edit, cat: ir.Concat, names: set[str]) -> None:
             sizes = [int(np.prod(shp)) for shp in cat.input_shapes]
             cols = np.cumsum([0] + sizes)
             for a in targets:
-                aff = ed.nodes[a]
+                aff = ed.get(a, ir.Affine)
                 dsts = ed.succs(a)
                 for k, (inp, shp) in enumerate(zip(inputs, cat.input_shapes)):
                     flat = ir.Flatten(unique_name(names, f"{node.name}.{k}"), shp)
-                    piece = aff.replace(name=aff.name if k == 0 else unique_name(names, f"{aff.name}.{k}"),
-                                        weight=aff.weight[:, cols[k]:cols[k + 1]],
-                                        bias=aff.bias if k == 0 else np.zeros_like(aff.bias))
+                    part = aff.replace(name=aff.name if k == 0 else unique_name(names, f"{aff.name}.{k}"),
+                                       weight=aff.weight[:, cols[k]:cols[k + 1]],
+                                       bias=aff.bias if k == 0 else np.zeros_like(aff.bias))
                     ed.add(flat, s)
                     ed.edges.append((inp, flat.name))
                     if k == 0:
-                        ed.nodes[a] = piece
+                        ed.nodes[a] = part
                         ed.edges = [(flat.name, a) if e == (s, a) else e for e in ed.edges]
                     else:
-                        ed.add(piece, a)
-                        ed.edges += [(flat.name, piece.name)] + [(piece.name, d) for d in dsts]
+                        ed.add(part, a)
+                        ed.edges += [(flat.name, part.name)] + [(part.name, d) for d in dsts]
             ed.remove(s)
         else:
             raise UnsupportedError(
@@ -214,13 +223,13 @@ def fold_linear(graph: ir.Graph) -> ir.Graph:
     while True:  # concats first (a pool behind a concat then meets the split consumer)
         cats = [n for n in ed.order if isinstance(ed.nodes[n], ir.Concat)]
         if cats:
-            _split_concat(ed, ed.nodes[cats[0]], names)
+            _split_concat(ed, ed.get(cats[0], ir.Concat), names)
             continue
         pools = [n for n in ed.order if isinstance(ed.nodes[n], ir.AvgPool2d)]
         if not pools:
             break
         # fold the last pool first, so that a pool feeding a pool is met by the second's fold
-        pool = ed.nodes[pools[-1]]
+        pool = ed.get(pools[-1], ir.AvgPool2d)
         if isinstance(ed.nodes[ed.preds(pool.name)[0]], ir.AvgPool2d):
             raise UnsupportedError(f"{pool.where()}: two pools in a row are not supported; "
                                    f"use one pool with the combined window")

@@ -105,6 +105,9 @@ def quantize_netx(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
             raise UnsupportedError(f"{node.where()}: netx's dense and conv layers take one "
                                    f"feedforward input, found {len(preds)} incoming synapses")
         syn = graph.node(preds[0])
+        if not isinstance(syn, (ir.Affine, ir.Conv2d)):
+            raise UnsupportedError(f"{node.where()}: netx's layers take their input through a dense "
+                                   f"or conv synapse, found {syn.where()}")
         src = _synapse_source(graph, syn.name)
         s = 1.0 / payload_max if isinstance(src, ir.Input) else 1.0
         gain = node.r / node.tau if isinstance(node, ir.LIF) and math.isfinite(node.tau) else \
@@ -147,7 +150,7 @@ def quantize_netx(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
                                    "layers": [r._asdict() for r in rows]})
 
 
-def _check_netx_neuron(node: ir.Node) -> None:
+def _check_netx_neuron(node: ir.IF | ir.LIF) -> None:
     if node.reset != "zero":
         raise UnsupportedError(f"{node.where()} reset='{node.reset}': netx's CUBA neuron resets "
                                f"to zero only (convert --target netx sets --reset zero)")
@@ -177,7 +180,7 @@ def netx_changes(default: ir.Graph, netx: ir.Graph) -> list[NetxChange]:
     rows = []
     for r in layer_reports(default):
         node = default.node(r.layer)
-        rows.append(NetxChange(r.layer, r.weight_exp, r.vth, int(netx.node(r.layer).vth),
+        rows.append(NetxChange(r.layer, r.weight_exp, r.vth, int(netx.node(r.layer, ir.FixedLIF).vth),
                                2**r.bias_exp, getattr(node, "reset", "zero")))
     return rows
 
@@ -251,7 +254,7 @@ def _netx_bias(node: ir.FixedLIF) -> np.ndarray:
     return bias
 
 
-def _check_synapse(node: ir.Node) -> None:
+def _check_synapse(node: ir.FixedAffine | ir.FixedConv2d) -> None:
     if node.weight_exp != 0:
         raise UnsupportedError(f"{node.where()} weight_exp={node.weight_exp}: netx ignores "
                                f"weight exponents (its effective exponent is 0) ({ADVICE})")
@@ -260,9 +263,9 @@ def _check_synapse(node: ir.Node) -> None:
 def _target_neuron(graph: ir.Graph, syn: ir.Node) -> ir.FixedLIF:
     (dst,) = graph.successors(syn.name)
     node = graph.node(dst)
-    if isinstance(node, ir.FixedStochastic):
-        raise UnsupportedError(f"{node.where()}: stochastic neurons: netx builds CUBA LIF "
-                               f"neurons only (convert --neuron if)")
+    if not isinstance(node, ir.FixedLIF):
+        raise UnsupportedError(f"{node.where()}: netx builds CUBA LIF neurons only"
+                               f"{' (convert --neuron if)' if isinstance(node, ir.FixedStochastic) else ''}")
     from spikeforge.backends.lava_backend import stock_lif_gaps
 
     gaps = stock_lif_gaps(node)

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, NamedTuple, Sequence
+from typing import Any, Callable, Literal, NamedTuple, Sequence, cast
 
 import numpy as np
 
@@ -60,7 +60,7 @@ def _dead_inputs(graph: ir.Graph, node: ir.Node, acts: dict[str, np.ndarray]) ->
     return ~(acts[src] > 0).any(axis=0)
 
 
-def _prune(node: ir.Node, dead: np.ndarray) -> tuple[ir.Node, int]:
+def _prune(node: ir.Affine | ir.Conv2d, dead: np.ndarray) -> tuple[ir.Affine | ir.Conv2d, int]:
     """Zero the weights that read dead inputs (for Conv2d: channels dead at every position).
     Their ANN contribution is 0 on all calibration data, while a BatchNorm folded forward can
     have scaled them by 1/sqrt(var + eps) ~ 300 and so set the whole layer's weight exponent."""
@@ -109,7 +109,7 @@ def normalize(graph: ir.Graph, calib_x: np.ndarray, method: Normalization = "per
         preds = graph.predecessors(name)
         if isinstance(node, (ir.Flatten, ir.Output)) and name not in lam:
             lam[name] = lam[preds[0]]
-        elif isinstance(node, ir.SYNAPSES):
+        elif isinstance(node, (ir.Affine, ir.Conv2d)):
             succ = graph.successors(name)
             if len(succ) != 1:
                 raise SpikeforgeError(f"normalize: {node.where()} feeds {len(succ)} nodes; expected one")
@@ -325,7 +325,7 @@ def quantize(graph: ir.Graph, payload_bits: int = 8) -> ir.Graph:
 
 
 def layer_reports(graph: ir.Graph) -> list[LayerReport]:
-    rows = graph.metadata.get("quantization", [])
+    rows = cast(list[dict[str, Any]], graph.metadata.get("quantization", []))
     return [LayerReport(**{**r, "weight_exp": tuple(r["weight_exp"])}) for r in rows]
 
 

@@ -12,17 +12,20 @@ from __future__ import annotations
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from spikeforge import ir
 from spikeforge.converter.onnx_import import load_onnx
 from spikeforge.errors import SpikeforgeError, UnsupportedError
 
+if TYPE_CHECKING:
+    import torch
+
 
 EXPORTERS = ("dynamo", "torchscript")
 
 
-def _export(model: "torch.nn.Module", input_shape: Sequence[int], path: Path, exporter: str) -> None:  # noqa: F821
+def _export(model: "torch.nn.Module", input_shape: Sequence[int], path: Path, exporter: str) -> None:
     import torch
 
     example = torch.zeros((1, *input_shape))
@@ -34,12 +37,12 @@ def _export(model: "torch.nn.Module", input_shape: Sequence[int], path: Path, ex
                               output_names=["output"], dynamic_shapes=({0: batch},), opset_version=18,
                               verbose=False, optimize=True)
         else:
-            torch.onnx.export(model, example, str(path), dynamo=False,
+            torch.onnx.export(model, (example,), str(path), dynamo=False,
                               input_names=["input"], output_names=["output"],
                               dynamic_axes={"input": {0: "batch"}}, opset_version=17)
 
 
-def from_torch(model: "torch.nn.Module", input_shape: Sequence[int], exporter: str = "dynamo") -> ir.Graph:  # noqa: F821
+def from_torch(model: "torch.nn.Module", input_shape: Sequence[int], exporter: str = "dynamo") -> ir.Graph:
     """Export ``model`` (eval mode, per-sample ``input_shape``) to ONNX with ``exporter``
     ('dynamo': torch.export, the default; 'torchscript': the legacy exporter) and import it."""
     if exporter not in EXPORTERS:

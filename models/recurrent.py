@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ class RecurrentRateNet(nn.Module):
         # the network begins close to a delayed MLP and learns how much recurrence to use.
         with torch.no_grad():
             for m in list(self.rec) + list(self.fb):
-                m.weight.mul_(float(rec_scale))
+                cast(nn.Linear, m).weight.mul_(float(rec_scale))
 
     @property
     def layers(self) -> int:
@@ -171,7 +171,8 @@ def to_graph(model: RecurrentRateNet) -> ir.Graph:
     edges: list[tuple[str, str]] = []
     prev = "input"
     for l in range(1, L + 1):
-        ff, rec, n = model.ff[l - 1], model.rec[l - 1], model.hidden[l - 1]
+        ff, rec = cast(nn.Linear, model.ff[l - 1]), cast(nn.Linear, model.rec[l - 1])
+        n = model.hidden[l - 1]
         nodes += [ir.Affine(f"ff{l}", _np(ff.weight), _np(ff.bias)),
                   ir.ReLU(f"h{l}", n, upper=1.0),
                   ir.Affine(f"rec{l}", _np(rec.weight), np.zeros(n))]
@@ -179,7 +180,7 @@ def to_graph(model: RecurrentRateNet) -> ir.Graph:
         prev = f"h{l}"
     if model.feedback:
         for l in range(1, L):
-            fb = model.fb[l - 1]
+            fb = cast(nn.Linear, model.fb[l - 1])
             nodes.append(ir.Affine(f"fb{l}", _np(fb.weight), np.zeros(model.hidden[l - 1])))
             edges += [(f"h{l + 1}", f"fb{l}"), (f"fb{l}", f"h{l}")]
     nodes += [ir.Affine("out", _np(model.readout.weight), _np(model.readout.bias)),

@@ -40,7 +40,7 @@ class IntRange:
     hi: int
     signed: bool
 
-    def check(self, where: str, value: np.ndarray | int) -> None:
+    def check(self, where: str, value: "np.ndarray | int | np.integer") -> None:
         arr = np.asarray(value)
         if arr.size == 0:
             return

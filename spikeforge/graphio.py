@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -89,7 +90,7 @@ def _digest(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def save(path: str | Path, **graphs: ir.Graph) -> None:
+def save(path: str | os.PathLike[str], **graphs: ir.Graph) -> None:
     """Write graphs (e.g. ``snn=..., ann=...``) to ``path`` atomically, with content hashes."""
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}

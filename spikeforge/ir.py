@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, NamedTuple, Sequence, TypeVar, overload
+from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, NamedTuple, Sequence, TypeVar, cast, overload
 
 import numpy as np
 
@@ -38,7 +38,7 @@ BITS = fixedpoint.BITS
 
 
 def _as_array(x: object, dtype: type) -> np.ndarray:
-    arr = np.array(x, dtype=dtype, copy=True)
+    arr: np.ndarray = np.array(x, dtype=dtype, copy=True)
     arr.setflags(write=False)
     return arr
 
@@ -79,7 +79,7 @@ Shape = tuple[int, ...]
 def _shape(value: object, where: str, ndim: int | None = None) -> Shape:
     """A positive tuple of ints (from a list, tuple or array), or GraphError naming ``where``."""
     try:
-        dims = tuple(value)  # type: ignore[arg-type]
+        dims = tuple(cast(Iterable[Any], value))
     except TypeError:
         raise GraphError(f"{where}: expected a tuple of positive integers, found {value!r}") from None
     if not dims or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0
@@ -94,7 +94,7 @@ def _ints(value: object, n: int, where: str, lo: int = 0) -> tuple[int, ...]:
     """An int (repeated n times) or a tuple of n ints >= lo."""
     vals = (value,) * n if isinstance(value, (int, np.integer)) else value
     try:
-        out = tuple(vals)  # type: ignore[arg-type]
+        out = tuple(cast(Iterable[Any], vals))
     except TypeError:
         raise GraphError(f"{where}: expected {n} integers, found {value!r}") from None
     if len(out) != n or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -131,8 +131,8 @@ class Node:
         if not self.name or not isinstance(self.name, str):
             raise GraphError(f"node name: expected a non-empty string, found {self.name!r}")
 
-    def replace(self, **changes: object) -> "Node":
-        return dataclasses.replace(self, **changes)
+    def replace(self: _N, **changes: object) -> _N:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # typeshed's replace types the fields by the first
 
     def where(self) -> str:
         return f"node '{self.name}' ({type(self).__name__})"
@@ -279,7 +279,7 @@ def _padding4(value: object, where: str) -> tuple[int, int, int, int]:
     """NIR's (pad_h, pad_w) or explicit (top, left, bottom, right)."""
     if isinstance(value, (int, np.integer)):
         value = (value, value)
-    vals = tuple(value)  # type: ignore[arg-type]
+    vals = tuple(cast(Iterable[Any], value))
     if len(vals) == 2:
         vals = (vals[0], vals[1], vals[0], vals[1])
     return _ints(vals, 4, where)  # type: ignore[return-value]
@@ -694,15 +694,15 @@ class FixedStochastic(FixedPopulation):
 
 
 #: Node types that carry synaptic weights (their input arrives one step later).
-SYNAPSES: tuple[type, ...] = (Affine, FixedAffine, Conv2d, FixedConv2d)
+SYNAPSES = (Affine, FixedAffine, Conv2d, FixedConv2d)
 #: Fixed-point synapse nodes.
-FIXED_SYNAPSES: tuple[type, ...] = (FixedAffine, FixedConv2d)
+FIXED_SYNAPSES = (FixedAffine, FixedConv2d)
 #: Nodes with exactly one incoming edge.
-SINGLE_INPUT: tuple[type, ...] = (Affine, FixedAffine, Conv2d, FixedConv2d, AvgPool2d, Flatten, Output)
+SINGLE_INPUT = (Affine, FixedAffine, Conv2d, FixedConv2d, AvgPool2d, Flatten, Output)
 #: Node types that hold state and spike (or, for ReLU, the ANN activation they replace).
-NEURONS: tuple[type, ...] = (ReLU, IF, LIF, Stochastic, FixedLIF, FixedStochastic)
+NEURONS = (ReLU, IF, LIF, Stochastic, FixedLIF, FixedStochastic)
 #: Spiking neurons of a quantized graph.
-FIXED_NEURONS: tuple[type, ...] = (FixedLIF, FixedStochastic)
+FIXED_NEURONS = (FixedLIF, FixedStochastic)
 #: Nodes a quantized (deployable) graph is made of.
 FIXED_TYPES: tuple[type, ...] = (Input, Output, Flatten, FixedAffine, FixedConv2d, FixedLIF, FixedStochastic)
 
@@ -743,11 +743,20 @@ class Graph:
             preds.setdefault(b, []).append(a)
         return preds, succs
 
-    def node(self, name: str) -> Node:
+    @overload
+    def node(self, name: str, /) -> Node: ...
+    @overload
+    def node(self, name: str, kind: type[_N], /) -> _N: ...
+
+    def node(self, name: str, kind: type = Node, /) -> Any:
+        """The node called ``name``; with ``kind``, checked to be one (GraphError otherwise)."""
         try:
-            return self.by_name[name]
+            found = self.by_name[name]
         except KeyError:
             raise GraphError(f"no node named '{name}'") from None
+        if not isinstance(found, kind):
+            raise GraphError(f"{found.where()}: expected a {kind.__name__} here")
+        return found
 
     def predecessors(self, name: str) -> list[str]:
         """Sources of edges into ``name``, in edge order (a Concat's inputs in order)."""

@@ -114,9 +114,9 @@ def _weight_bits(w: np.ndarray) -> int:
 def estimate(graph: ir.Graph, limits: Limits = LIMITS) -> MappingEstimate:
     """The per-layer Loihi 2 mapping estimate of a quantized graph (see the module doc)."""
     rows: list[LayerMap] = []
-    syn_of = {n.name: n for n in graph.of_type(*ir.FIXED_SYNAPSES)}
+    syn_of = {n.name: n for n in graph.nodes if isinstance(n, ir.FIXED_SYNAPSES)}
     costs = {name: SYNAPSE_COST.lookup(n)(n) for name, n in syn_of.items()}
-    for node in graph.of_type(*ir.FIXED_NEURONS):
+    for node in (n for n in graph.nodes if isinstance(n, ir.FIXED_NEURONS)):
         incoming = [p for p in graph.predecessors(node.name) if p in syn_of]
         outgoing = [s for s in graph.successors(node.name)]
         outgoing += [s for f in outgoing if isinstance(graph.node(f), ir.Flatten)

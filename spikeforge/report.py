@@ -28,12 +28,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence, cast
 
 import numpy as np
 
 from spikeforge import ir
 from spikeforge.fixedpoint import ACT_SHIFT
+from spikeforge.encoding import Encoding
 from spikeforge.errors import SpikeforgeError
 from spikeforge.network import Network, lower
 
@@ -55,7 +56,7 @@ def layer_labels(net: Network) -> dict[str, str]:
     """Readable layer names: 'hidden 1 (net.2, 64 IF)' ... 'readout (readout, 10 IF)'."""
     labels, hidden = {}, 0
     for l in net.layers:
-        kind = "stochastic" if l.stochastic else ("IF" if l.node.dv == 0 else "LIF")
+        kind = "stochastic" if isinstance(l.node, ir.FixedStochastic) else ("IF" if l.node.dv == 0 else "LIF")
         if l.name == net.readout:
             labels[l.name] = f"readout ({l.name}, {l.size} {kind})"
         else:
@@ -84,7 +85,7 @@ def membrane_replay(net: Network, layer: str, spikes: dict[str, np.ndarray],
     """One sample's membrane potential of a LIF layer, replayed from its sources' recorded
     spikes: (v after each step, v before reset, spikes), each (steps, n). The replayed spikes
     equal the recorded ones (checked)."""
-    from spikeforge.neuron import dense, lif_init, lif_step
+    from spikeforge.neuron import LIFParams, dense, lif_init, lif_step
 
     lay = net.layer(layer)
     if lay.stochastic:
@@ -97,6 +98,7 @@ def membrane_replay(net: Network, layer: str, spikes: dict[str, np.ndarray],
         prev = np.concatenate([np.zeros_like(src[:, :1]), src[:, :-1]], axis=1)  # one-step delay
         a += dense(proj.weight, proj.weight_exp, prev, max_in)[0]
     params = lay.params
+    assert isinstance(params, LIFParams)  # stochastic layers refused above
     probe = params._replace(reset="subtract")  # same step, reset undone below: v before reset
     state = lif_init(1, lay.size)
     v = np.zeros((steps, lay.size), np.int64)
@@ -119,7 +121,7 @@ def t99(sweep: Sequence[int], accs: Sequence[float]) -> int:
 
 
 def build(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, y: np.ndarray, timesteps: int,
-          out: Path, encoding: str = "current", seed: int = 0, sample: int = 0,
+          out: Path, encoding: Encoding = "current", seed: int = 0, sample: int = 0,
           graph_name: str = "", sweep: Sequence[int] = SWEEP) -> dict[str, Any]:
     """Write the figures and index.html into ``out`` (created; files replaced at the end,
     never half-written) and return the summary."""
@@ -141,7 +143,7 @@ def build(snn: ir.Graph, ann: ir.Graph, x: np.ndarray, y: np.ndarray, timesteps:
 
     # ANN vs SNN rates, readout included: the ANN's last affine map over its lambda
     pairs = [(labels[r.layer], r.ann, r.snn) for r in rows]
-    lam = snn.metadata.get("normalization", {}).get("lambda", {})
+    lam = cast(dict[str, Any], snn.metadata.get("normalization", {})).get("lambda", {})
     ro_syn = next((p.name for p in net.incoming(net.readout) if not p.recurrent), None)
     if ro_syn in lam and ro_syn in ann.by_name and net.readout not in {r.layer for r in rows}:
         ro_ann = np.clip(forward(ann, x)[ro_syn] / lam[ro_syn], 0.0, 1.0)

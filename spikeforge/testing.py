@@ -127,7 +127,7 @@ def random_conv_graph(input_shape: Sequence[int] = (1, 28, 28), channels: Sequen
     for i, (c, st) in enumerate(zip(channels, strides), start=1):
         w = rng.integers(-128, 128, size=(c, shape[0], kernel, kernel))
         w[rng.random(w.shape) < 0.3] = 0
-        conv = ir.FixedConv2d(f"conv{i}", shape, (st, st), (padding, padding), weight=w,
+        conv = ir.FixedConv2d(f"conv{i}", shape, (st, st), (padding,) * 4, weight=w,
                               weight_exp=int(rng.integers(-6, -3)) if i == 1 else int(rng.integers(-3, 0)))
         out = conv.geometry.output_shape
         n = int(np.prod(out))
