@@ -755,7 +755,7 @@ class Graph:
         except KeyError:
             raise GraphError(f"no node named '{name}'") from None
         if not isinstance(found, kind):
-            raise GraphError(f"{found.where()}: expected a {kind.__name__} here")
+            raise GraphError(f"{found.where()}: expected a node of type {kind.__name__} here")
         return found
 
     def predecessors(self, name: str) -> list[str]:

@@ -28,6 +28,15 @@ def test_valid_graph_and_order():
     assert g.is_feedforward()
 
 
+def test_typed_node_access():
+    g = mlp()
+    assert g.node("fc1", ir.Affine).weight.shape == (3, 4)
+    with pytest.raises(GraphError, match=r"node 'r1' \(ReLU\): expected a node of type Affine here"):
+        g.node("r1", ir.Affine)
+    with pytest.raises(GraphError, match="no node named 'zz'"):
+        g.node("zz", ir.Affine)
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda n, e: (n, e + [("y", "fc1")]), "an Output has no outgoing edge"),
     (lambda n, e: (n, e + [("fc1", "fc2")]), "node 'fc2' (Affine): expected exactly one input edge, found 2"),
