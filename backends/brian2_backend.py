@@ -206,6 +206,7 @@ def _input_equations(n_in: int, window: bool) -> list[str]:
 
 def _lif_equations(node: ir.FixedLIF, n_in: int, window: bool) -> str:
     lines = ["u : integer", "v : integer", "bias : integer (constant)",
+             "vinit : integer (constant)",  # v at the start of every sample
              "fu : integer (constant, shared)",  # 4096 - du - 1
              "fv : integer (constant, shared)",  # 4096 - dv
              "vth : integer (constant, shared)",  # vth << 6
@@ -250,8 +251,8 @@ def _lif_update(node: ir.FixedLIF, n_in: int, window: bool) -> str:
     """The neuron update, run at ``when='start'`` (spikeforge.neuron.lif_step, integers only;
     no sign()/abs(), which the cython target does not provide for integers).
 
-    With ``window`` (concat mode) the state (u, v, ref) is zero at the first step of every
-    sample window. Threshold (``v > vth``, not while ``held``) and reset are Brian2's.
+    With ``window`` (concat mode) the state (u, ref) is zero and v is ``vinit`` at the first
+    step of every sample window (otherwise v starts at vinit, the stored initial state). Threshold (``v > vth``, not while ``held``) and reset are Brian2's.
     """
     keep = "keep * " if window else ""
     code = _input_code(n_in, window)
@@ -261,7 +262,7 @@ def _lif_update(node: ir.FixedLIF, n_in: int, window: bool) -> str:
         # wrap24: a value > 2**23 loses 2**24; then a value <= -2**23 gains 2**24 (from x)
         f"w_u = x_u - {_FULL} * int(x_u > {_HALF})",
         f"u = w_u + int(w_u <= -{_HALF}) * (x_u + {_FULL} - w_u)",
-        f"v_old = {keep}v",
+        f"v_old = keep * v + (1 - keep) * vinit" if window else "v_old = v",
         "p_v = (v_old - vrest) * fv",
         f"d_v = {_trunc4096('p_v')}",
     ]
@@ -363,6 +364,8 @@ class _Model:
                                name=f"sf_layer{li}", **common)
             g.bias = np.tile(np.asarray(node.bias, _INT), copies)
             if isinstance(node, ir.FixedLIF):
+                g.vinit = np.tile(np.asarray(node.v_init, _INT), copies)
+                g.v = np.tile(np.asarray(node.v_init, _INT), copies)
                 g.fu = DECAY_UNITY - node.du - 1
                 g.fv = DECAY_UNITY - node.dv
                 g.vth = node.vth_scaled

@@ -58,6 +58,7 @@ class Neurons(NamedTuple):
     bias: Any  # torch.Tensor (n,) in dtype
     wrap: bool
     synapses: tuple[Synapse, ...]
+    v_init: Any = None  # torch.Tensor (n,) in dtype: v at the start of every sample; None: all 0
 
 
 class CpuProgram(NamedTuple):
@@ -174,7 +175,16 @@ def _prepare_layer(net: Network, layer: Layer, device: str) -> Neurons:
     # int32 while a << 6 (wrapped: |u| <= |a << 6|), v (24 bit), bias and vth << 6 sum below 2**31
     fits32 = kind == "if" and x + 2 * STATE_MAX + bmax + (int(n.vth) << ACT_SHIFT) < 2**31
     dt = torch.int32 if fits32 else torch.int64
-    return Neurons(layer, kind, dt, torch.tensor(bias, dtype=dt, device=device), x >= STATE_MAX, syn)
+    v0 = layer.v_init
+    return Neurons(layer, kind, dt, torch.tensor(bias, dtype=dt, device=device), x >= STATE_MAX, syn,
+                   torch.tensor(v0, dtype=dt, device=device) if v0.any() else None)
+
+
+def _v_start(nr: Neurons, batch: int, device: str):
+    """A fresh (batch, n) membrane potential at the start of the samples: v_init (or 0)."""
+    torch = _torch()
+    v = torch.zeros((batch, nr.layer.size), dtype=nr.dtype, device=device)
+    return v if nr.v_init is None else v.add_(nr.v_init)
 
 
 # -- arithmetic on tensors ----------------------------------------------------------------------
@@ -285,11 +295,12 @@ def _scan(prog: CpuProgram, nr: Neurons, inp: _Inputs, steps: int, batch: int, o
         w += nr.bias
         # |v| grows by at most max|w| per step (a reset moves v toward 0 or to v_reset, and a
         # subtraction only happens above vth << 6 > 0, leaving v > 0): below 2**23 - 1, no saturation
-        reach = steps * (a_max + int(nr.bias.abs().max())) + abs(p.v_reset)  # |wrap24(x)| <= |x|
+        v0 = 0 if nr.v_init is None else int(nr.v_init.abs().max())
+        reach = steps * (a_max + int(nr.bias.abs().max())) + abs(p.v_reset) + v0  # |wrap24(x)| <= |x|
         saturates = reach >= hi
         if p.reset == "subtract" and not saturates and prog.closed_form:
-            return _if_subtract_closed(w, inp.rows, th, spikes)
-        v = torch.zeros((batch, n), dtype=dt, device=dev)
+            return _if_subtract_closed(w, inp.rows, th, spikes, nr.v_init)
+        v = _v_start(nr, batch, dev)
         tht = torch.tensor(th, dtype=dt, device=dev)  # a same-typed 0-d threshold compares faster
         for t in range(steps):
             v += w[inp.rows[t]]
@@ -306,7 +317,7 @@ def _scan(prog: CpuProgram, nr: Neurons, inp: _Inputs, steps: int, batch: int, o
         return spikes, v
     # general LIF (spikeforge.neuron.lif_step), in int64
     u = torch.zeros((batch, n), dtype=dt, device=dev)
-    state = (u, torch.zeros_like(u), torch.zeros_like(u))
+    state = (u, _v_start(nr, batch, dev), torch.zeros_like(u))
     a6 = inp.values << ACT_SHIFT
     for t in range(steps):
         state, spikes[t] = _lif_update(p, nr, state, a6[inp.rows[t]])
@@ -346,12 +357,13 @@ def _reset(p, v, s, dt):
     return v - s.to(dt) * (p.vth << ACT_SHIFT)
 
 
-def _if_subtract_closed(w, rows: list[int], th: int, spikes):
+def _if_subtract_closed(w, rows: list[int], th: int, spikes, v_init=None):
     """IF with reset by subtraction and no saturation, over all steps at once. With
-    C_t = sum_{k<=t} w_k and N_t the spikes up to t, v_t = C_t - th N_t and a spike at t iff
+    C_t = v_init + sum_{k<=t} w_k and N_t the spikes up to t, v_t = C_t - th N_t and a spike at t iff
     C_t > th (N_{t-1} + 1), i.e. floor((C_t - 1) / th) > N_{t-1}. Where no step's w exceeds th
-    (one spike per step is always enough), N_t = max(0, max_{k<=t} floor((C_k - 1) / th)):
-    a cumulative sum and a cumulative max over time. Neurons with some w_t > th run the loop."""
+    and v_init <= th (one spike per step is always enough), N_t = max(0, max_{k<=t}
+    floor((C_k - 1) / th)): a cumulative sum and a cumulative max over time. Other neurons run
+    the loop."""
     torch = _torch()
     steps = spikes.shape[0]
     if rows == list(range(len(w))) and len(w) == steps:
@@ -359,6 +371,8 @@ def _if_subtract_closed(w, rows: list[int], th: int, spikes):
     else:
         wf = w.index_select(0, torch.tensor(rows, device=w.device))
     c = torch.cumsum(wf, 0, dtype=w.dtype)
+    if v_init is not None:
+        c += v_init
     k = torch.div(c - 1, th, rounding_mode="floor")
     k = torch.cummax(k, 0).values.clamp_(min=0)
     spikes[0] = k[0] > 0
@@ -366,9 +380,11 @@ def _if_subtract_closed(w, rows: list[int], th: int, spikes):
     v = c[-1] - th * k[-1]
     del c, k
     bad = (wf > th).any(0)  # (B, n): neurons that may owe two spikes at once
+    if v_init is not None:
+        bad |= v_init > th
     if bool(bad.any()):
         wb = wf[:, bad]
-        vb = torch.zeros_like(wb[0])
+        vb = torch.zeros_like(wb[0]) if v_init is None else v_init.expand_as(bad)[bad].clone()
         sb = torch.empty(wb.shape, dtype=torch.bool, device=w.device)
         for t in range(steps):
             vb += wb[t]
@@ -472,7 +488,7 @@ def _step(prog: CpuProgram, nr: Neurons, a, state, t: int, batch: int, offset: i
     n, dev = nr.layer.size, prog.device
     if state is None:
         z = torch.zeros((batch, n), dtype=nr.dtype, device=dev)
-        state = (z, z.clone(), z.clone())
+        state = (z, _v_start(nr, batch, dev), z.clone())
     if nr.kind == "stochastic":
         r = torch.from_numpy(uniform_ints(p.seed, np.arange(offset, offset + batch), t, n,
                                           p.vth << ACT_SHIFT)).to(dev)

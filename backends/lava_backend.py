@@ -104,6 +104,7 @@ class LayerSpec:
     v_reset: int = 0  # 24-bit signed
     leak: int = 0  # 23-bit unsigned
     refractory: int = 0  # 8-bit unsigned
+    v_init: np.ndarray | None = None  # int32 (size,), 24-bit signed: v at each sample's start
 
 
 @dataclass(frozen=True)
@@ -353,7 +354,8 @@ def build_program(net: Network, graph: ir.Graph, neuron: str,
         layers.append(LayerSpec(layer.name, n.size, int(n.vth), int(n.du), int(n.dv),
                                 n.bias_mant.astype(np.int32), int(n.bias_exp),
                                 RESET_CODES[n.reset], layer.name == net.readout,
-                                int(n.v_rest), int(n.v_reset), int(n.leak), int(n.refractory)))
+                                int(n.v_rest), int(n.v_reset), int(n.leak), int(n.refractory),
+                                n.v_init.astype(np.int32)))
     bits = {proj.name: net.input.payload_max.bit_length() if proj.graded else 0
             for proj in net.projections}
     denses = [DenseSpec(proj.name, proj.src, proj.dst, (2 * proj.weight).astype(np.int32),
@@ -401,7 +403,7 @@ def execute(program: LavaProgram, payloads: np.ndarray,
                 shape=(l.size,), vth=l.vth, du=l.du, dv=l.dv, bias_mant=l.bias_mant,
                 bias_exp=l.bias_exp, reset=l.reset, v_rest=l.v_rest, v_reset=l.v_reset,
                 leak=l.leak, refractory=l.refractory, window=steps, readout=l.readout,
-                name=l.name)
+                v_init=_v_init(l), name=l.name)
     src, recorders, _ = _wire(program, payloads, lifs)
     ro = lifs[program.net.readout]
     v_rec = WindowRecorder(shape=(ro.a_in.shape[0],), window=steps, windows=batch)
@@ -446,7 +448,7 @@ def _execute_stock(program: LavaProgram, payloads: np.ndarray,
     batch, steps, _ = payloads.shape
     lifs = {
         l.name: LIF(shape=(l.size,), vth=l.vth, du=l.du, dv=l.dv, bias_mant=l.bias_mant,
-                    bias_exp=l.bias_exp, name=l.name)
+                    bias_exp=l.bias_exp, v=_v_init(l), name=l.name)
         for l in program.layers if isinstance(l, LayerSpec)  # build_program: no stochastic layer
     }
     src, recorders, denses = _wire(program, payloads, lifs)
@@ -456,15 +458,22 @@ def _execute_stock(program: LavaProgram, payloads: np.ndarray,
     with _stopped(src, on_error):
         for b in range(batch):
             if b:
-                for lif in lifs.values():
+                for spec in program.layers:
+                    lif = lifs[spec.name]
                     lif.u.set(np.zeros(lif.u.shape, np.int32))
-                    lif.v.set(np.zeros(lif.v.shape, np.int32))
+                    lif.v.set(np.asarray(_v_init(spec), np.int32).reshape(lif.v.shape))
                 for d in denses:
                     d.a_buff.set(np.zeros(d.a_buff.shape, np.int32))
             _run_watched(src, steps, cfg, deadline)
             v_final[b] = ro.v.get().astype(np.int64)
         spikes = {name: _unpack(rec.data.get(), batch, steps) for name, rec in recorders.items()}
     return spikes, v_final
+
+
+def _v_init(spec: LayerSpec | StochasticSpec) -> np.ndarray:
+    """The layer's v at the start of every sample, int32 (size,)."""
+    v0 = getattr(spec, "v_init", None)
+    return np.zeros(spec.size, np.int32) if v0 is None else np.asarray(v0, np.int32)
 
 
 def _run_watched(proc: Any, num_steps: int, run_cfg: Any,

@@ -21,6 +21,7 @@ import numpy as np
 from spikeforge import fixedpoint, ir
 from spikeforge.converter.fold import unique_name
 from spikeforge.errors import UnsupportedError
+from spikeforge.neuron import LIFParams, decay, linear_leak, saturate24
 
 
 def _relay_synapse(name: str, shape: ir.Shape) -> ir.Node:
@@ -102,3 +103,66 @@ def balance_latency(graph: ir.Graph) -> ir.Graph:
         return graph
     out = graph.with_nodes(nodes, edges)
     return out.with_metadata(relay_layers=added)
+
+
+def _no_input_step(params: LIFParams, v: np.ndarray) -> np.ndarray:
+    """v after one step without synaptic input from u = 0 (u stays 0): sat24(v_rest +
+    leak(trunc((v - v_rest)(4096 - dv) / 4096)) + bias), monotone non-decreasing in v."""
+    d = linear_leak(decay(v - params.v_rest, params.dv), params.leak)
+    return saturate24(params.v_rest + d + params.bias)
+
+
+def _preimage(params: LIFParams, target: np.ndarray) -> np.ndarray:
+    """Per neuron the smallest v in the 24-bit range with one input-free step >= target
+    (a binary search: that step is monotone; where it equals target, it is an exact preimage)."""
+    bits = ir.BITS["state"]
+    lo = np.full(target.shape, bits.lo, np.int64)
+    hi = np.full(target.shape, bits.hi, np.int64)
+    while (lo < hi).any():
+        mid = (lo + hi) // 2
+        up = _no_input_step(params, mid) >= target
+        hi = np.where(up, mid, hi)
+        lo = np.where(up, lo, mid + 1)
+    return lo
+
+
+def initial_state(node: ir.FixedLIF, delay: int) -> np.ndarray:
+    """v_init per neuron so that a layer whose first synaptic input arrives at step ``delay``
+    has v = 0 exactly then, as if its bias had waited for the input (what a simulator without
+    synaptic delay, e.g. a NIR consumer, computes): v_init = f^-delay(0), with f the input-free
+    step (IF: v_init = -delay * bias). Exact where no spike occurs on the way; where one would
+    (a negative bias above vth << 6 / (delay - 1)), the largest k < delay steps that reach 0
+    without a spike are undone instead (v then starts as k fewer steps of bias alone)."""
+    from spikeforge.network import Layer
+
+    params = Layer(node.name, node).params
+    assert isinstance(params, LIFParams)
+    n = node.size
+    best = np.zeros(n, np.int64)
+    todo = np.ones(n, bool) if node.bias.any() else np.zeros(n, bool)
+    for k in range(delay, 0, -1):
+        if not todo.any():
+            break
+        v, ok = np.zeros(n, np.int64), np.ones(n, bool)
+        for _ in range(k):
+            v = _preimage(params, v)
+        start, x = v.copy(), v.copy()
+        for _ in range(k):  # forward again: no spike, and exactly 0 after k steps
+            x = _no_input_step(params, x)
+            ok &= x <= node.vth_scaled
+        ok &= x == 0
+        pick = todo & ok
+        best[pick] = start[pick]
+        todo &= ~ok
+    return best
+
+
+def align_initial_state(graph: ir.Graph) -> ir.Graph:
+    """Every FixedLIF layer with a bias gets ``v_init = initial_state(layer, hops)``: its bias
+    no longer integrates alone during the synaptic delay steps before its first input, so the
+    network computes what a delay-free simulator of the same layers computes (and the readout
+    integrates its bias for exactly T steps, as the ANN's logit times T)."""
+    depth = hops(graph)
+    nodes = [node.replace(v_init=initial_state(node, depth[node.name]))
+             if isinstance(node, ir.FixedLIF) and node.bias.any() else node for node in graph.nodes]
+    return graph.with_nodes(nodes)

@@ -273,6 +273,9 @@ def _target_neuron(graph: ir.Graph, syn: ir.Node) -> ir.FixedLIF:
         param, rule = gaps[0]
         hint = " (convert --target netx, or --reset zero)" if "reset" in param else ""
         raise UnsupportedError(f"{node.where()} {param}: netx's CUBA LIF {rule}{hint}")
+    if node.v_init.any():
+        raise UnsupportedError(f"{node.where()} v_init: netx starts every neuron at v = 0, found "
+                               f"values in [{node.v_init.min()}, {node.v_init.max()}] ({ADVICE})")
     return node
 
 

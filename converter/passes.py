@@ -11,6 +11,8 @@
     quantize         IF + Affine/Conv2d -> FixedLIF + FixedAffine/FixedConv2d in Loihi 2 fixed point
     balance_latency  every neuron's inputs arrive with the same latency: relay (copy) layers
                      delay the shorter branches of residual and concat blocks
+    align_initial_state  v_init per neuron so that v = 0 when a layer's first input arrives
+                     (its bias does not integrate alone during the synaptic delay steps)
 
 :func:`convert` runs them as a pipeline; a failing pass is named with the passes before it.
 """
@@ -25,7 +27,7 @@ import numpy as np
 from spikeforge import fixedpoint, ir
 from spikeforge.converter.ann import forward, trajectory
 from spikeforge.converter.fold import fold_linear
-from spikeforge.converter.latency import balance_latency
+from spikeforge.converter.latency import align_initial_state, balance_latency
 from spikeforge.errors import SpikeforgeError, UnsupportedError
 
 Normalization = Literal["percentile", "max", "none"]
@@ -357,12 +359,13 @@ def convert(ann: ir.Graph, calib_x: np.ndarray, reset: ir.Reset = "subtract",
             normalization: Normalization = "percentile", percentile: float = 99.9,
             payload_bits: int = 8, neuron: str = "if", seed: int = 0) -> ir.Graph:
     """The whole pipeline: fold_linear -> normalize -> relu_to_if -> quantize ->
-    balance_latency. A graph that is already spiking (IF/LIF/Stochastic neurons, no ReLU: from
-    NIR or a spiking model) is only folded, quantized and balanced."""
+    balance_latency -> align_initial_state. A graph that is already spiking (IF/LIF/Stochastic
+    neurons, no ReLU: from NIR or a spiking model) is only folded, quantized, balanced and aligned."""
     if not ann.of_type(ir.ReLU) and ann.of_type(ir.IF, ir.LIF, ir.Stochastic):
         g = run_pipeline(ann, [("fold_linear", fold_linear),  # pooling between spiking layers
                                ("quantize", lambda g: quantize(g, payload_bits)),
-                               ("balance_latency", balance_latency)])
+                               ("balance_latency", balance_latency),
+                               ("align_initial_state", align_initial_state)])
         return g.with_metadata(neuron="spiking source")
     g = run_pipeline(ann, [
         ("fold_linear", fold_linear),
@@ -370,5 +373,6 @@ def convert(ann: ir.Graph, calib_x: np.ndarray, reset: ir.Reset = "subtract",
         ("relu_to_if", lambda g: relu_to_if(g, reset, neuron, seed)),
         ("quantize", lambda g: quantize(g, payload_bits)),
         ("balance_latency", balance_latency),
+        ("align_initial_state", align_initial_state),
     ])
     return g.with_metadata(reset=reset, neuron=neuron)

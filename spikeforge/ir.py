@@ -650,8 +650,11 @@ class FixedLIF(FixedPopulation):
 
     ``leak`` shrinks |v - v_rest| by a constant without crossing v_rest (subtractive leak);
     ``refractory`` steps after a spike hold v and allow no spike. IF is du = 4095, dv = 0.
+    ``v_init`` is v at the start of every sample (u = 0), per neuron (default 0; conversion
+    sets it so that v = 0 when the layer's first input arrives, see
+    spikeforge.converter.latency.align_initial_state).
     Fields: du/dv 12-bit unsigned, v_rest/v_reset 24-bit signed, leak 23-bit unsigned,
-    refractory 8-bit unsigned (and those of FixedPopulation). With v_rest = v_reset = leak =
+    refractory 8-bit unsigned, v_init 24-bit signed per neuron (and those of FixedPopulation). With v_rest = v_reset = leak =
     refractory = 0 and reset 'zero' this is Lava's stock LIF; everything else runs in
     spikeforge's own Lava process model.
     """
@@ -663,11 +666,22 @@ class FixedLIF(FixedPopulation):
     v_reset: int = 0
     leak: int = 0
     refractory: int = 0
+    v_init: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     SCALARS: ClassVar[tuple[str, ...]] = ("vth", "du", "dv", "bias_exp", "v_rest", "v_reset", "leak", "refractory")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        v0 = np.asarray(self.v_init)
+        if v0.size == 0 and isinstance(self.size, int):
+            v0 = np.zeros(self.size, np.int64)
+        object.__setattr__(self, "v_init", _as_int_array(v0, f"{self.where()} v_init"))
+
     def validate(self) -> None:
         super().validate()
+        if self.v_init.shape != (self.size,):
+            raise GraphError(f"{self.where()}: v_init shape expected ({self.size},), found {self.v_init.shape}")
+        BITS["state"].check(f"{self.where()} v_init", self.v_init)
         if self.reset not in FIXED_RESETS:
             raise GraphError(f"{self.where()}: reset must be one of {FIXED_RESETS}, found {self.reset!r}")
 

@@ -36,6 +36,12 @@ class Layer(NamedTuple):
         return isinstance(self.node, ir.FixedStochastic)
 
     @property
+    def v_init(self) -> np.ndarray:
+        """v at the start of every sample, int64 (n,) (0 for a memoryless stochastic layer)."""
+        n = self.node
+        return n.v_init if isinstance(n, ir.FixedLIF) else np.zeros(n.size, np.int64)
+
+    @property
     def params(self) -> LIFParams | StochasticParams:
         n = self.node
         if isinstance(n, ir.FixedStochastic):

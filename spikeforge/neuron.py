@@ -40,9 +40,11 @@ class LIFState(NamedTuple):
     ref: np.ndarray  # int64 (batch, n), refractory steps left
 
 
-def lif_init(batch: int, n: int) -> LIFState:
+def lif_init(batch: int, n: int, v_init: np.ndarray | None = None) -> LIFState:
+    """Every sample's starting state: u = ref = 0, v = v_init (per neuron, default 0)."""
     z = np.zeros((batch, n), np.int64)
-    return LIFState(z, z.copy(), z.copy())
+    v = z.copy() if v_init is None else np.broadcast_to(np.asarray(v_init, np.int64), (batch, n)).copy()
+    return LIFState(z, v, z.copy())
 
 
 def decay(x: np.ndarray, d: int) -> np.ndarray:
@@ -191,7 +193,7 @@ def reference_simulate(net, payloads: np.ndarray, offset: int = 0) -> tuple[dict
     n)}, readout v after the last step)."""
     payloads = np.asarray(payloads, np.int64)
     batch, steps, _ = payloads.shape
-    states = {l.name: lif_init(batch, l.size) for l in net.layers}
+    states = {l.name: lif_init(batch, l.size, l.v_init) for l in net.layers}
     spikes = {l.name: np.zeros((batch, steps, l.size), bool) for l in net.layers}
     prev = {l.name: np.zeros((batch, l.size), np.int64) for l in net.layers}
     prev[net.input.name] = np.zeros((batch, net.input.size), np.int64)

@@ -100,7 +100,7 @@ def membrane_replay(net: Network, layer: str, spikes: dict[str, np.ndarray],
     params = lay.params
     assert isinstance(params, LIFParams)  # stochastic layers refused above
     probe = params._replace(reset="subtract")  # same step, reset undone below: v before reset
-    state = lif_init(1, lay.size)
+    state = lif_init(1, lay.size, lay.v_init)
     v = np.zeros((steps, lay.size), np.int64)
     pre = np.zeros((steps, lay.size), np.int64)
     s = np.zeros((steps, lay.size), bool)

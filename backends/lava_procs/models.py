@@ -31,7 +31,7 @@ from spikeforge.neuron import shift, uniform_ints
 @requires(CPU)
 @tag("fixed_pt", "bit_accurate_loihi")
 class PySpikeforgeLIFModelFixed(AbstractPyLifModelFixed):
-    """Per step: a = a_in (0 at a window's first step, where u = v = ref = 0 first);
+    """Per step: a = a_in (0 at a window's first step, where u = ref = 0 and v = v_init first);
     ``subthr_dynamics(a)`` (Lava's u/v update, 24-bit), v recomputed toward v_rest with
     the subtractive leak when either is set; v held and ref counted down where ref > 0;
     s = v > vth << 6 (not while held); ref = refractory and reset where s; send s (and v
@@ -46,6 +46,7 @@ class PySpikeforgeLIFModelFixed(AbstractPyLifModelFixed):
     leak: int = LavaPyType(int, np.int32, precision=23)
     refractory: int = LavaPyType(int, np.int32, precision=8)
     ref: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    v_init: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params: dict) -> None:
         super().__init__(proc_params)
@@ -89,7 +90,7 @@ class PySpikeforgeLIFModelFixed(AbstractPyLifModelFixed):
         if (self.time_step - 1) % self.window == 0:
             # new sample: fresh state, and drop the Dense buffers left by the previous one
             self.u[:] = 0
-            self.v[:] = 0
+            self.v[:] = self.v_init
             self.ref[:] = 0
             a_in = np.zeros_like(a_in)
         self.scale_bias()

@@ -41,24 +41,27 @@ class SpikeforgeLIF(AbstractLIF):
     With v_rest = leak = 0 the u/v update is Lava 0.10's own (``PyLifModelBitAcc``
     arithmetic, ``AbstractPyLifModelFixed.subthr_dynamics``).
 
-    At the first step of every window of ``window`` steps, u, v and ref are zeroed and the
-    synaptic input is taken as 0, so one long run equals fresh-state runs per sample.
+    At the first step of every window of ``window`` steps, u and ref are zeroed, v is set to
+    ``v_init`` (per neuron, default 0) and the synaptic input is taken as 0, so one long run
+    equals fresh-state runs per sample.
     ``v_out`` sends v after reset every step, for the ``readout`` layer only.
 
     Fields: vth 17-bit unsigned; du, dv 12-bit unsigned; bias_mant 13-bit signed per
     neuron; bias_exp 3-bit unsigned; v_rest, v_reset 24-bit signed; leak 23-bit unsigned;
-    refractory 8-bit unsigned; u, v 24-bit signed and ref 8-bit unsigned state.
+    refractory 8-bit unsigned; v_init 24-bit signed per neuron; u, v 24-bit signed and ref
+    8-bit unsigned state.
     """
 
     def __init__(self, *, shape: tuple[int, ...], vth: int, du: int = DU_NONE, dv: int = 0,
                  bias_mant: ty.Union[int, np.ndarray] = 0, bias_exp: int = 0,
                  reset: int = RESET_SUBTRACT, v_rest: int = 0, v_reset: int = 0,
                  leak: int = 0, refractory: int = 0, window: int = 1,
-                 readout: bool = False, name: ty.Optional[str] = None) -> None:
+                 readout: bool = False, v_init: ty.Union[int, np.ndarray] = 0,
+                 name: ty.Optional[str] = None) -> None:
         if int(reset) not in RESET_CODES.values():
             raise ValueError(f"SpikeforgeLIF reset: expected one of "
                              f"{sorted(RESET_CODES.values())}, found {reset!r}")
-        super().__init__(shape=shape, u=0, v=0, du=int(du), dv=int(dv), bias_mant=bias_mant,
+        super().__init__(shape=shape, u=0, v=v_init, du=int(du), dv=int(dv), bias_mant=bias_mant,
                          bias_exp=int(bias_exp), name=name, log_config=None,
                          vth=int(vth), reset=int(reset), window=int(window),
                          readout=bool(readout))
@@ -68,6 +71,7 @@ class SpikeforgeLIF(AbstractLIF):
         self.leak = Var(shape=(1,), init=int(leak))
         self.refractory = Var(shape=(1,), init=int(refractory))
         self.ref = Var(shape=shape, init=0)  # refractory steps left
+        self.v_init = Var(shape=shape, init=v_init)  # v at the start of every window
         # Always declared (a ProcessModel must match its Process's ports); the model sends
         # on it only when ``readout`` is set, and an unconnected OutPort is allowed.
         self.v_out = OutPort(shape=shape)
