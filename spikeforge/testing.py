@@ -145,3 +145,16 @@ def random_conv_graph(input_shape: Sequence[int] = (1, 28, 28), channels: Sequen
               ir.Output("out", (n_out,))]
     edges += [(prev, "flat"), ("flat", "fc"), ("fc", "out_lif"), ("out_lif", "out")]
     return ir.Graph(tuple(nodes), tuple(edges))
+
+
+def with_initial_state(graph: ir.Graph, seed: int = 0, spread: int = 2) -> ir.Graph:
+    """Every FixedLIF layer with a random per-neuron ``v_init`` in about [-spread, spread] x its
+    threshold (vth << 6): some neurons start above threshold, some far below it."""
+    rng = np.random.default_rng(seed ^ 0x5649)
+    nodes = []
+    for node in graph.nodes:
+        if isinstance(node, ir.FixedLIF):
+            v0 = rng.integers(-spread * max(node.vth_scaled, 64), spread * max(node.vth_scaled, 64) + 1, node.size)
+            node = node.replace(v_init=np.clip(v0, ir.BITS["state"].lo, ir.BITS["state"].hi))
+        nodes.append(node)
+    return graph.with_nodes(nodes)

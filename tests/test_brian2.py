@@ -15,7 +15,7 @@ from spikeforge.backends.brian2_backend import Brian2Backend, _Model
 from spikeforge.backends.cpu import CpuBackend
 from spikeforge.encoding import encode
 from spikeforge.errors import DataError, SpikeforgeError, UnsupportedError
-from spikeforge.testing import random_fixed_graph, random_inputs, assert_identical
+from spikeforge.testing import random_fixed_graph, random_inputs, assert_identical, with_initial_state
 
 STATE_MAX = 2**23 - 1
 
@@ -95,6 +95,16 @@ def test_concat_mode_matches_cpu(reset):
     graph = random_fixed_graph([12, 16, 6], seed=21, reset=reset, du=3000, dv=500,
                                recurrent=True, feedback=True)
     check(graph, payloads_for(graph, 5, 12, "rate", 3), mode="concat")
+
+
+@pytest.mark.parametrize("mode", ["copies", "concat"])
+def test_initial_state_matches_cpu(mode):
+    """Per-neuron v_init (some above threshold): the stored initial state, and in concat mode
+    v = v_init again at every sample window."""
+    graph = with_initial_state(random_fixed_graph([12, 16, 6], seed=23, reset="zero", du=3000, dv=500,
+                                                  recurrent=True), seed=5)
+    expected = check(graph, payloads_for(graph, 4, 12, "rate", 4), **({"mode": mode} if mode == "concat" else {}))
+    assert expected.spikes["lif1"][:, 0].any()  # v_init above threshold: a spike on step 0
 
 
 def test_batch_chunks_with_padding():

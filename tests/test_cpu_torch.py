@@ -14,7 +14,8 @@ from spikeforge.encoding import encode
 from spikeforge.errors import SpikeforgeError
 from spikeforge.network import lower
 from spikeforge.neuron import reference_simulate
-from spikeforge.testing import assert_identical, random_conv_graph, random_fixed_graph, random_inputs
+from spikeforge.testing import (assert_identical, random_conv_graph, random_fixed_graph, random_inputs,
+                                with_initial_state)
 from spikeforge.backends.base import RunResult
 
 SIZES = [24, 20, 16, 6]
@@ -58,6 +59,12 @@ GRAPHS = {
     "conv-if": lambda: random_conv_graph((2, 8, 8), (4, 6), (1, 2), n_out=5, seed=14),
     "conv-lif-zero": lambda: random_conv_graph((1, 7, 9), (3, 4), (2, 1), n_out=4, seed=18, reset="zero",
                                                du=3000, dv=200, padding=0),
+    # per-neuron initial membrane potentials, some above threshold (the closed form's loop)
+    "if-subtract-v_init": lambda: with_initial_state(random_fixed_graph(SIZES, seed=19), seed=1),
+    "if-zero-v_init": lambda: with_initial_state(random_fixed_graph(SIZES, seed=20, reset="zero"), seed=2),
+    "lif-v_init": lambda: with_initial_state(random_fixed_graph(SIZES, seed=21, du=3000, dv=300, recurrent=True),
+                                             seed=3),
+    "conv-v_init": lambda: with_initial_state(random_conv_graph((2, 8, 8), (4, 6), (1, 2), n_out=5, seed=22), seed=4),
 }
 
 

@@ -26,7 +26,7 @@ from spikeforge.encoding import encode  # noqa: E402
 from spikeforge.errors import (BackendUnavailable, DataError, SpikeforgeError,  # noqa: E402
                                UnsupportedError)
 from spikeforge import graphio  # noqa: E402
-from spikeforge.testing import assert_identical, random_fixed_graph, random_inputs  # noqa: E402
+from spikeforge.testing import assert_identical, random_fixed_graph, random_inputs, with_initial_state  # noqa: E402
 
 
 def payloads_for(graph: ir.Graph, n: int, timesteps: int, encoding: str, seed: int) -> np.ndarray:
@@ -279,6 +279,17 @@ def test_stock_lif_equals_cpu():
                                recurrent=True)
     ref = compare(graph, payloads_for(graph, 3, 12, "current", seed=8), neuron="stock")
     assert_active(ref)
+
+
+@pytest.mark.parametrize("neuron", ["spikeforge", "stock"])
+def test_initial_state_identical_to_cpu(neuron):
+    """Per-neuron v_init (some above threshold): Lava's stock LIF starts from it (and is set to
+    it between samples); spikeforge's LIF sets v = v_init at every sample window."""
+    graph = with_initial_state(random_fixed_graph([12, 16, 6], seed=9, reset="zero", du=3000, dv=500,
+                                                  recurrent=True), seed=6)
+    ref = compare(graph, payloads_for(graph, 3, 12, "current", seed=9), neuron=neuron)
+    assert_active(ref)
+    assert ref.spikes["lif1"][:, 0].any()  # v_init above threshold: a spike on step 0
 
 
 def test_stock_lif_refuses_subtract():
