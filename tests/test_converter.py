@@ -266,3 +266,38 @@ def test_quantize_uses_the_full_8bit_mantissa_range_on_random_layers():
                     assert biggest == 127, (trial, name, biggest, fa.weight_exp)
                     full += 1
     assert checked > 500 and full > 250
+
+
+@pytest.mark.parametrize("family", [dict(), dict(du=3000, dv=300), dict(dv=200, leak=40, v_rest=-500)])
+def test_align_initial_state_gives_v_zero_when_the_input_arrives(family):
+    """With no synaptic input before a layer's first input step d (its depth), v_init makes
+    v = 0 exactly after step d - 1 and no spike before it; where a negative bias would cross
+    the threshold on the way, fewer steps are undone (still no spike)."""
+    from spikeforge.converter.latency import align_initial_state, hops
+    from spikeforge.neuron import lif_init, lif_step
+    from spikeforge.network import Layer
+    from spikeforge.testing import random_fixed_graph
+
+    g = random_fixed_graph([6, 20, 20, 20, 8], seed=4, reset="zero")
+    rng = np.random.default_rng(1)
+    nodes = []
+    for n in g.nodes:
+        if isinstance(n, ir.FixedLIF):
+            n = n.replace(bias_mant=rng.integers(-4096, 4096, n.size), bias_exp=2, vth=300, **family)
+        nodes.append(n)
+    g = align_initial_state(g.with_nodes(nodes))
+    depth = hops(g)
+    exact = partial = 0
+    for node in g.of_type(ir.FixedLIF):
+        d, p = depth[node.name], Layer(node.name, node).params
+        state, fired = lif_init(1, node.size, node.v_init), np.zeros(node.size, bool)
+        for _ in range(d):
+            state, s = lif_step(p, state, np.zeros((1, node.size), np.int64))
+            fired |= s[0]
+        assert not fired.any()
+        zero = state.v[0] == 0
+        assert (node.v_init[zero & (node.bias != 0)] != 0).all()
+        exact += int(zero.sum())
+        partial += int((~zero & (node.v_init != 0)).sum())
+        assert (zero | (node.bias < 0)).all()  # only a negative bias can be left partly undone
+    assert exact > 0 and partial > 0  # both cases occur (deep layers, biases above threshold)
