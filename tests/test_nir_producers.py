@@ -200,17 +200,29 @@ def _load_in(consumer: str, g, tmp_path):
 
 @pytest.mark.parametrize("consumer", ["norse", "snntorch"])
 def test_demo_network_export_in_consumers(demo_zero, tmp_path, consumer):
-    """The demo network (reset zero), batched, constant-current input x = payload / 255."""
+    """The demo network (reset zero), batched, constant-current input x = payload / 255: >= 99 %
+    identical spikes in every layer. The conversion's v_init (align_initial_state) keeps each
+    bias from integrating alone during the synaptic delay steps, which the delay-free consumers
+    do not have (with v_init = 0: 94.7 % hidden); what is left is floor(acc 2**e), e < 0."""
     g, x = demo_zero
+    assert any(n.v_init.any() for n in g.of_type(ir.FixedLIF))
     sim = simulate(g, "cpu", x, 32)
     layers = [l.name for l in lower(g).layers]
     model = _load_in(consumer, g, tmp_path)
     theirs = _consumer_spikes(model, layers, np.rint(x * 255) / 255, 32)
     ours = {n: sim.result.spikes[n][:, d:d + 32] for d, n in enumerate(layers, start=1)}
-    _measure(ours, theirs, [(n, n) for n in layers])  # reported: the first layer's floor(acc 2**e), e < 0, is not NIR
-    agreement = float((theirs[layers[-1]].sum(1).argmax(1) == sim.predictions).mean())
-    print(f"{consumer}: prediction agreement {agreement:.4f}")
-    assert agreement >= 0.99
+    res = _measure(ours, theirs, [(n, n) for n in layers])
+    _agreement(consumer, ours[layers[-1]], theirs[layers[-1]], sim.predictions)
+    assert all(same >= 0.99 and corr >= 0.999 for _, same, corr in res)
+
+
+def _agreement(consumer: str, ours: np.ndarray, theirs: np.ndarray, predictions: np.ndarray) -> None:
+    """Predictions agree: the consumer's argmax spike count against spikeforge's readout score
+    (ties broken by v, which the consumer does not return) and against its own spike counts."""
+    pred = theirs.sum(1).argmax(1)
+    agreement, counts = float((pred == predictions).mean()), float((pred == ours.sum(1).argmax(1)).mean())
+    print(f"{consumer}: prediction agreement {agreement:.4f} (by spike count alone {counts:.4f})")
+    assert agreement >= 0.97 and counts >= 0.99
 
 
 @pytest.fixture(scope="module")
@@ -347,10 +359,10 @@ def cnn_zero(tmp_path_factory):
 @pytest.mark.parametrize("consumer", ["norse", "snntorch"])
 def test_cnn_export_runs_batched_in_consumers(cnn_zero, tmp_path, consumer):
     """The digits CNN's export (FixedConv2d, pooling folded, Flatten, FixedAffine) loads and runs
-    batched in the consumer; identical spikes per layer reported. What NIR cannot say: the
-    biases (BatchNorm folded, here larger than the threshold) integrate alone during each
-    layer's synaptic delay steps, and floor(acc 2**e) with e < 0; the differences propagate, so
-    the assertions are on the readout, the predictions and the first layer given the delay."""
+    batched in the consumer: >= 99 % identical spikes in every layer. The biases (BatchNorm
+    folded, up to 1.14x the threshold) start from the conversion's v_init, so they do not
+    integrate alone during the synaptic delay steps (with v_init = 0: 86.5 % and 71.2 % in the
+    conv layers); what NIR cannot say and is left: floor(acc 2**e) with e < 0."""
     g, x = cnn_zero
     assert g.of_type(ir.FixedConv2d) and not g.of_type(ir.AvgPool2d)
     sim = simulate(g, "cpu", x.reshape(len(x), -1), 32)
@@ -360,16 +372,5 @@ def test_cnn_export_runs_batched_in_consumers(cnn_zero, tmp_path, consumer):
     theirs = _flat(_consumer_spikes(model, layers, rates, 32, constant=True))
     ours = {n: sim.result.spikes[n][:, d:d + 32] for d, n in enumerate(layers, start=1)}
     res = _measure(ours, theirs, [(n, n) for n in layers])
-    agreement = float((theirs[layers[-1]].sum(1).argmax(1) == sim.predictions).mean())
-    print(f"{consumer}: prediction agreement {agreement:.4f}")
-    assert res[-1][1] >= 0.9 and res[-1][2] >= 0.97 and agreement >= 0.97
-    assert all(same > 0.6 and corr > 0.95 for _, same, corr in res)
-    # where the first layer differs: its bias integrates alone on step 0, before the input arrives
-    # (one step of synaptic delay); the consumer given a leading step of zero input does the same,
-    # and what is left is floor(acc 2**e)
-    lead = np.concatenate([np.zeros_like(rates[:, None]), np.repeat(rates[:, None], 32, 1)], 1)
-    model = _load_in(consumer, g, tmp_path)  # fresh state (snnTorch keeps its hidden state)
-    first = _flat(_consumer_spikes(model, layers[:1], lead, 33))[layers[0]][:, :32]
-    same = float((sim.result.spikes[layers[0]][:, :32] == first).mean())
-    print(f"layer {layers[0]} with a leading zero step: identical spikes {same:.5f}")
-    assert same >= 0.999
+    _agreement(consumer, ours[layers[-1]], theirs[layers[-1]], sim.predictions)
+    assert all(same >= 0.99 and corr >= 0.999 for _, same, corr in res)
