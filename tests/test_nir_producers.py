@@ -255,8 +255,8 @@ def _flat(rec: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def test_snntorch_conv_file_runs_as_in_snntorch(tmp_path):
-    """snnTorch's export of Conv2d-Leaky-AvgPool2d-Flatten-Linear-Leaky (8-bit-exact weights):
-    the pool folds into the Linear, 100 % identical spikes in both layers."""
+    """snnTorch's export of Conv2d-Leaky-AvgPool2d-Flatten-Linear-Leaky (8-bit-exact weights, a
+    conv bias): the pool folds into the Linear, 100 % identical spikes in both layers."""
     import snntorch as snn
     from snntorch import utils
     from snntorch.export_nir import export_to_nir
@@ -266,7 +266,7 @@ def test_snntorch_conv_file_runs_as_in_snntorch(tmp_path):
     fc = torch.nn.Linear(64, 5, bias=False)
     with torch.no_grad():
         conv.weight[:] = torch.tensor(_int_kernel(rng, conv.weight.shape) / 64)
-        conv.bias.zero_()  # a bias acts from step 0 in spikeforge, from the first input in snnTorch
+        conv.bias[:] = torch.tensor([24.0, -40.0, 8.0, -16.0]) / 64  # from the first input on, as in snnTorch (v_init)
         fc.weight[:] = torch.tensor(_int_kernel(rng, fc.weight.shape) / 64)
 
     def leaky(shape, **kw):
