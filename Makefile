@@ -12,6 +12,11 @@ T       ?= 32
 # (later builds pull numpy 2) is what slayer's __init__ imports besides them.
 NETX_NODEPS := lava-dl==0.6.0 'torchvision>=0.29,<0.30'
 NETX_DEPS   := opencv-python-headless==4.10.0.84 'numpy<2'
+# Sinabs (the NIR export test): sinabs 3.1.3 pins nir<=1.0.4, but its from_nir runs with nir 1.0.8
+# (measured), so it goes in without its dependencies; pbr is what its __init__ imports besides
+# torch, numpy, nir and nirtorch (samna is needed for its chip backends only).
+SINABS_NODEPS := sinabs==3.1.3
+SINABS_DEPS   := 'pbr>=6,<8'
 
 .PHONY: demo test env bench examples clean
 
@@ -32,6 +37,10 @@ $(STAMP): pyproject.toml Makefile
 	"$(PY)" -m pip install --quiet --progress-bar off --no-deps $(NETX_NODEPS); \
 	"$(PY)" -m pip install --quiet --progress-bar off $(NETX_DEPS); \
 	"$(PY)" -c 'from lava.lib.dl import netx; import numpy, torch; assert numpy.__version__ < "2", numpy.__version__' >/dev/null; \
+	echo "installing sinabs (it pins nir<=1.0.4: --no-deps, plus pbr)"; \
+	"$(PY)" -m pip install --quiet --progress-bar off --no-deps $(SINABS_NODEPS); \
+	"$(PY)" -m pip install --quiet --progress-bar off $(SINABS_DEPS); \
+	"$(PY)" -c 'from sinabs import from_nir; import nir, torch; assert nir.__version__ >= "1.0.8", nir.__version__' >/dev/null; \
 	touch "$(STAMP)"
 
 demo: $(STAMP)

@@ -672,8 +672,16 @@ def _can_fire(graph: ir.Graph, node: ir.FixedLIF) -> bool:
 
 
 # -- export ----------------------------------------------------------------------------------
-TARGETS = ("nir", "snntorch")
+TARGETS = ("nir", "snntorch", "sinabs")
 SNNTORCH_DT = 1e-4  # snnTorch's import_from_nir hard-codes dt = 1e-4 s
+
+
+def sinabs_threshold(theta: int) -> float:
+    """The threshold written for Sinabs, which fires on v >= threshold and subtracts it:
+    theta + delta, delta = 2**(floor(log2 theta) - 22) (two float32 ulps of theta). On integer
+    sums v >= theta + delta is v > theta, and the k-th spike's extra k delta keeps it so while
+    (k + 1) delta <= 1: the first 1 / delta - 1 spikes of each neuron (63 for theta ~ 1e5)."""
+    return float(theta) + 2.0 ** (math.floor(math.log2(max(theta, 1))) - 22)
 IF_AS_LIF_STEPS = 2.0**30  # tau of an IF written as LIF: beta = 1 - 2**-30 == 1 in float32
 
 
@@ -704,7 +712,9 @@ def _spikeforge_graph(meta: dict[str, Any], where: str) -> ir.Graph:
     return graphio.decode_graph(f"{where}: spikeforge metadata", "snn", doc, read)
 
 
-def _export_problems(graph: ir.Graph) -> list[str]:
+def _export_problems(graph: ir.Graph, target: str = "nir") -> list[str]:
+    if target == "sinabs":
+        return _sinabs_problems(graph)
     problems = []
     for node in graph.nodes:
         if isinstance(node, ir.FixedLIF):
@@ -725,6 +735,28 @@ def _export_problems(graph: ir.Graph) -> list[str]:
             if node.groups != 1:
                 problems.append(f"{node.where()}: groups = {node.groups}: nir 1.0.8's type inference, Norse and "
                                 f"snnTorch read C_in = weight.shape[1], so the file would not load")
+        elif type(node) not in EXPORTERS:
+            problems.append(f"{node.where()}: no NIR equivalent")
+    return problems
+
+
+def _sinabs_problems(graph: ir.Graph) -> list[str]:
+    """Sinabs' from_nir runs NIR's IF as its IAF: reset by subtraction (whatever v_reset says),
+    r ignored; spikeforge's IF layers that reset by subtraction are what it computes."""
+    problems = []
+    for node in graph.nodes:
+        if isinstance(node, (ir.FixedLIF, ir.IF, ir.LIF)):
+            if_ = (node.du == fixedpoint.DU_NONE and node.dv == 0 and not node.leak) \
+                if isinstance(node, ir.FixedLIF) else isinstance(node, ir.IF)
+            if not if_:
+                problems.append(f"{node.where()}: --target sinabs writes IF layers only (du = 4095, dv = 0, "
+                                f"no leak: Sinabs' LIF import decays differently)")
+            elif node.reset != "subtract" or getattr(node, "refractory", 0):
+                problems.append(f"{node.where()}: reset='{node.reset}': Sinabs' from_nir runs IF with reset "
+                                f"by subtraction only (convert with --reset subtract)")
+        elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)) and (node.padding[:2] != node.padding[2:] or node.groups != 1):
+            problems.append(f"{node.where()}: padding {node.padding}, groups {node.groups}: NIR's Conv2d pads "
+                            f"symmetrically and nir 1.0.8 reads groups = 1 only")
         elif type(node) not in EXPORTERS:
             problems.append(f"{node.where()}: no NIR equivalent")
     return problems
@@ -831,7 +863,7 @@ def _export_conv(node: ir.Node, ctx: _Export) -> Any:
 @EXPORTERS.register(ir.FixedLIF)
 def _export_fixed_lif(node: ir.FixedLIF, ctx: _Export) -> Any:
     ones = np.ones(node.shape)
-    theta = ones * float(node.vth_scaled)
+    theta = ones * (sinabs_threshold(node.vth_scaled) if ctx.target == "sinabs" else float(node.vth_scaled))
     v_reset = ones * (float(node.v_reset) if node.reset == "value" else 0.0)
     tau = fixedpoint.tau_for_decay(node.dv)
     return _neuron(ones, theta, v_reset, tau, float(node.v_rest),
@@ -842,6 +874,8 @@ def _export_fixed_lif(node: ir.FixedLIF, ctx: _Export) -> Any:
 def _export_float_neuron(node: ir.Node, ctx: _Export) -> Any:
     ones = np.ones(node.shape)
     theta = ones * node.v_threshold
+    if ctx.target == "sinabs":  # Sinabs fires on v >= threshold
+        theta = np.nextafter(theta, np.inf)
     tau = getattr(node, "tau", math.inf)
     v_reset = ones * (node.v_reset if getattr(node, "reset", "zero") == "value" else 0.0)
     return _neuron(ones, theta, v_reset, tau, getattr(node, "v_leak", 0.0), getattr(node, "tau_syn", 1.0),
@@ -859,7 +893,7 @@ def to_nir(graph: ir.Graph, dt: float = 1.0, target: str = "nir") -> "nir.NIRGra
         raise SpikeforgeError(f"dt: expected a step length > 0 seconds, found {dt}")
     if target == "snntorch":
         dt = SNNTORCH_DT
-    problems = _export_problems(graph)
+    problems = _export_problems(graph, target)
     if problems:
         raise UnsupportedError("cannot export to NIR: " + "; ".join(problems))
     # per neuron layer: (its threshold and gain as written) -> factor on its incoming weights
@@ -918,3 +952,19 @@ def save_nir(graph: ir.Graph, path: str | Path, dt: float = 1.0, target: str = "
                                f"({str(exc).splitlines()[0][:200]})") from None
     with atomic_path(path) as tmp:
         nir.write(str(tmp), nir_graph)
+        if target == "sinabs":
+            _drop_if_v_reset(tmp)
+
+
+def _drop_if_v_reset(path: Path) -> None:
+    """Remove IF nodes' v_reset from a written file: Sinabs pins nir <= 1.0.4, whose IF has no
+    v_reset (and refuses it); nir >= 1.0.5 reads a missing v_reset as 0."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        nodes = f["node/nodes"]
+        for name in list(nodes):
+            group = nodes[name]
+            kind = group["type"][()]
+            if (kind.decode() if isinstance(kind, bytes) else str(kind)) == "IF" and "v_reset" in group:
+                del group["v_reset"]

@@ -613,9 +613,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--to", choices=("nir", "netx"), default=None,
                    help="nir (.nir) or netx (lava-dl's HDF5, .net); default: from the output's suffix")
     e.add_argument("--dt", type=float, default=1.0, help="seconds per simulation step (recorded in the file)")
-    e.add_argument("--target", choices=("nir", "snntorch"), default="nir",
-                   help="nir: IF as NIR's IF (Norse, Sinabs); snntorch: IF as LIF with beta = 1 at dt = 1e-4 s, "
-                        "which snnTorch's import_from_nir runs as IF")
+    e.add_argument("--target", choices=("nir", "snntorch", "sinabs"), default="nir",
+                   help="nir: IF as NIR's IF (Norse); snntorch: IF as LIF with beta = 1 at dt = 1e-4 s, "
+                        "which snnTorch's import_from_nir runs as IF; sinabs: IF layers with reset by "
+                        "subtraction (Sinabs' IAF), thresholds for its v >= threshold, no v_reset (nir <= 1.0.4)")
     e.add_argument("-o", "--output", required=True)
     e.set_defaults(fn=cmd_export)
 
