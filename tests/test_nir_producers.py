@@ -226,20 +226,54 @@ def _agreement(consumer: str, ours: np.ndarray, theirs: np.ndarray, predictions:
 
 
 @pytest.fixture(scope="module")
-def demo_zero(tmp_path_factory):
-    """The demo MLP (``spikeforge train --arch mlp``) converted with --reset zero, and its test inputs."""
+def demo_dir(tmp_path_factory):
+    """The demo MLP (``spikeforge train --arch mlp``) converted with --reset zero (net.sfg) and
+    --reset subtract (net-subtract.sfg), and its test split."""
     import subprocess
     import sys
 
+    d = tmp_path_factory.mktemp("demo")
+    for args in (["train", "--arch", "mlp", "-o", "model.onnx"],
+                 ["convert", "model.onnx", "--calib", "calib.npz", "--reset", "zero", "-o", "net.sfg"],
+                 ["convert", "model.onnx", "--calib", "calib.npz", "-o", "net-subtract.sfg"]):
+        r = subprocess.run([sys.executable, "-m", "spikeforge.cli", *args], cwd=d, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    return d
+
+
+@pytest.fixture(scope="module")
+def demo_zero(demo_dir):
+    """The demo MLP converted with --reset zero, and its test inputs."""
     from spikeforge import graphio
     from spikeforge.data import load
 
-    d = tmp_path_factory.mktemp("demo")
-    for args in (["train", "--arch", "mlp", "-o", "model.onnx"],
-                 ["convert", "model.onnx", "--calib", "calib.npz", "--reset", "zero", "-o", "net.sfg"]):
-        r = subprocess.run([sys.executable, "-m", "spikeforge.cli", *args], cwd=d, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-    return graphio.load(d / "net.sfg"), load(d / "test.npz").x.astype(np.float64)
+    return graphio.load(demo_dir / "net.sfg"), load(demo_dir / "test.npz").x.astype(np.float64)
+
+
+def test_demo_network_export_in_sinabs(demo_dir, tmp_path):
+    """The demo network (reset by subtraction, Sinabs' own reset) exported with --target sinabs,
+    run batched in Sinabs' from_nir: with SingleSpike and no lower bound on v >= 99 % identical
+    spikes per layer (what is left: floor(acc 2**e), e < 0); as from_nir loads it (MultiSpike)
+    reported."""
+    from spikeforge import graphio
+    from spikeforge.data import load
+
+    g, x = graphio.load(demo_dir / "net-subtract.sfg"), load(demo_dir / "test.npz").x.astype(np.float64)
+    save_nir(g, tmp_path / "demo.nir", target="sinabs")
+    sim = simulate(g, "cpu", x, 32)
+    layers = [l.name for l in lower(g).layers]
+    ours = {n: sim.result.spikes[n][:, d:d + 32] for d, n in enumerate(layers, start=1)}
+    rates = np.repeat((np.rint(x * 255) / 255)[:, None], 32, 1)
+    single = {k: v > 0 for k, v in _sinabs_spikes(tmp_path / "demo.nir", layers, rates, single=True).items()}
+    res = _measure(ours, single, [(n, n) for n in layers])
+    _agreement("sinabs (SingleSpike)", ours[layers[-1]], single[layers[-1]], sim.predictions)
+    assert all(same >= 0.99 and corr >= 0.999 for _, same, corr in res)
+    multi = _sinabs_spikes(tmp_path / "demo.nir", layers, rates)
+    print("from_nir as it loads (MultiSpike): steps with > 1 spike", {k: int((v > 1).sum()) for k, v in multi.items()})
+    _measure(ours, {k: v > 0 for k, v in multi.items()}, [(n, n) for n in layers])
+    pred = (multi[layers[-1]].sum(1).argmax(1) == sim.predictions).mean()
+    print(f"sinabs (MultiSpike): prediction agreement {pred:.4f}")
+    assert pred >= 0.97
 
 
 # -- convolutional networks -------------------------------------------------------------------
