@@ -336,9 +336,16 @@ def _ints(value: Any, n: int, where: str, name: str, what: str) -> tuple[int, ..
     return tuple(int(v) for v in arr)
 
 
-def _padding(value: Any, kernel: tuple[int, int], dilation: tuple[int, int], where: str, name: str) -> tuple[int, ...]:
+def _pair(value: Any, where: str, name: str, what: str) -> tuple[int, int]:
+    """NIR's int or (h, w) as two ints (:func:`_ints`)."""
+    h, w = _ints(value, 2, where, name, what)
+    return h, w
+
+
+def _padding(value: Any, kernel: tuple[int, int], dilation: tuple[int, int], where: str,
+             name: str) -> tuple[int, int, int, int]:
     """NIR padding: 'valid', 'same' (stride 1; torch puts the odd pixel at the bottom/right),
-    (pad_h, pad_w) or (top, left, bottom, right)."""
+    (pad_h, pad_w) or (top, left, bottom, right), as (top, left, bottom, right)."""
     if isinstance(value, str):
         if value == "valid":
             return (0, 0, 0, 0)
@@ -346,8 +353,11 @@ def _padding(value: Any, kernel: tuple[int, int], dilation: tuple[int, int], whe
             tot = [d * (k - 1) for k, d in zip(kernel, dilation)]
             return (tot[0] // 2, tot[1] // 2, tot[0] - tot[0] // 2, tot[1] - tot[1] // 2)
         raise UnsupportedError(f"{where}: node '{name}' padding: expected 'valid', 'same' or integers, found {value!r}")
-    n = np.asarray(value).size
-    return _ints(value, 4 if n == 4 else 2, where, name, "padding")
+    if np.asarray(value).size == 4:
+        t, l, b, r = _ints(value, 4, where, name, "padding")
+        return t, l, b, r
+    h, w = _pair(value, where, name, "padding")
+    return h, w, h, w
 
 
 @_imports(IMPORTERS, "Input")
@@ -396,10 +406,10 @@ def _import_conv(name: str, n: Any, in_shape: Any, ctx: _Context) -> ir.Node:
         raise UnsupportedError(f"{where}: node '{name}' (Conv2d): weight {w.shape} with groups={groups} and "
                                f"input_shape {hw} does not fit its input of shape {in_shape}")
     kernel = (int(w.shape[2]), int(w.shape[3]))
-    dilation = _ints(n.dilation, 2, where, name, "dilation")
+    dilation = _pair(n.dilation, where, name, "dilation")
     b = getattr(n, "bias", None)
     b = np.zeros(w.shape[0]) if b is None else np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (w.shape[0],))
-    return ir.Conv2d(name, shape, stride=_ints(n.stride, 2, where, name, "stride"),
+    return ir.Conv2d(name, shape, stride=_pair(n.stride, where, name, "stride"),
                      padding=_padding(n.padding, kernel, dilation, where, name), dilation=dilation,
                      groups=groups, weight=w, bias=b)
 
@@ -411,8 +421,8 @@ def _import_pool(name: str, n: Any, in_shape: Any, ctx: _Context) -> ir.Node:
     kind = type(n).__name__
     if in_shape is None or len(in_shape) != 3:
         raise UnsupportedError(f"{ctx.where}: node '{name}' ({kind}): expected a (C, H, W) input, found {in_shape}")
-    kernel = _ints(n.kernel_size, 2, ctx.where, name, "kernel_size")
-    stride = kernel if getattr(n, "stride", None) is None else _ints(n.stride, 2, ctx.where, name, "stride")
+    kernel = _pair(n.kernel_size, ctx.where, name, "kernel_size")
+    stride = kernel if getattr(n, "stride", None) is None else _pair(n.stride, ctx.where, name, "stride")
     if kind == "SumPool2d":
         ctx.gain_after[name] = float(kernel[0] * kernel[1])
     return ir.AvgPool2d(name, in_shape, kernel, stride, _padding(n.padding, kernel, (1, 1), ctx.where, name))
@@ -455,6 +465,7 @@ def load_nir(source: "str | Path | nir.NIRGraph", dt: float | str | StepLength |
     recorded = meta.get("dt")
     if recorded is not None:
         rec = step_length(float(np.asarray(recorded).reshape(-1)[0]))
+        assert rec is not None  # a number gives a StepLength
         if step is not None and step != rec:
             warnings.warn(f"{where}: the file records dt = {rec.lif} s; using the dt given, {step.name}",
                           NIRImportWarning, stacklevel=2)
