@@ -252,7 +252,8 @@ def _lif_update(node: ir.FixedLIF, n_in: int, window: bool) -> str:
     no sign()/abs(), which the cython target does not provide for integers).
 
     With ``window`` (concat mode) the state (u, ref) is zero and v is ``vinit`` at the first
-    step of every sample window (otherwise v starts at vinit, the stored initial state). Threshold (``v > vth``, not while ``held``) and reset are Brian2's.
+    step of every sample window (otherwise v starts at vinit, the stored initial state).
+    Threshold (``v > vth``, not while ``held``) and reset are Brian2's.
     """
     keep = "keep * " if window else ""
     code = _input_code(n_in, window)
@@ -262,7 +263,7 @@ def _lif_update(node: ir.FixedLIF, n_in: int, window: bool) -> str:
         # wrap24: a value > 2**23 loses 2**24; then a value <= -2**23 gains 2**24 (from x)
         f"w_u = x_u - {_FULL} * int(x_u > {_HALF})",
         f"u = w_u + int(w_u <= -{_HALF}) * (x_u + {_FULL} - w_u)",
-        f"v_old = keep * v + (1 - keep) * vinit" if window else "v_old = v",
+        "v_old = keep * v + (1 - keep) * vinit" if window else "v_old = v",
         "p_v = (v_old - vrest) * fv",
         f"d_v = {_trunc4096('p_v')}",
     ]

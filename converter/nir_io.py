@@ -540,6 +540,7 @@ def _scaled(node: ir.Node, rows: np.ndarray | float, where: str) -> ir.Node:
     """A synapse with its output (per target neuron) multiplied by ``rows``: an Affine by
     rows, a Conv2d by channel (the factor must then be uniform over each channel's positions)."""
     rows = np.broadcast_to(np.asarray(rows, np.float64), (node.out_size,))
+    assert isinstance(node, (ir.Affine, ir.Conv2d)), node.where()  # the import builds float synapses
     if isinstance(node, ir.Conv2d):
         per = rows.reshape(node.out_shape[0], -1)
         if not np.allclose(per, per[:, :1], rtol=1e-9, atol=0):
@@ -552,6 +553,7 @@ def _scaled(node: ir.Node, rows: np.ndarray | float, where: str) -> ir.Node:
 
 def _abs_drive(node: ir.Node) -> np.ndarray:
     """Per target neuron: sum |w| + |b| (the largest input from binary sources)."""
+    assert isinstance(node, (ir.Affine, ir.Conv2d)), node.where()  # the import builds float synapses
     if isinstance(node, ir.Conv2d):
         per_c = np.abs(node.weight).reshape(node.weight.shape[0], -1).sum(axis=1) + np.abs(node.bias)
         return np.repeat(per_c, node.out_size // node.out_shape[0])
@@ -602,12 +604,13 @@ def _build(nodes_in: dict[str, Any], edges: list[tuple[str, str]], step: StepLen
         stack = [b for a, b in new_edges if a == pool]
         while stack:
             s = stack.pop()
-            if isinstance(nodes[s], ir.Flatten):
+            succ = nodes[s]
+            if isinstance(succ, ir.Flatten):
                 stack += [b for a, b in new_edges if a == s]
-            elif isinstance(nodes[s], ir.SYNAPSES):
-                nodes[s] = nodes[s].replace(weight=nodes[s].weight * gain)
+            elif isinstance(succ, ir.SYNAPSES):
+                nodes[s] = succ.replace(weight=succ.weight * gain)
             else:
-                raise UnsupportedError(f"{where}: node '{pool}' (SumPool2d) feeds {nodes[s].where()}: a pool must be "
+                raise UnsupportedError(f"{where}: node '{pool}' (SumPool2d) feeds {succ.where()}: a pool must be "
                                        f"followed by a synapse (Conv2d, or Flatten and Affine) it folds into")
     for a, b in new_edges:
         if b in folds:
@@ -617,9 +620,11 @@ def _build(nodes_in: dict[str, Any], edges: list[tuple[str, str]], step: StepLen
         if any(not isinstance(nodes[b], ir.Output) for a, b in new_edges if a == name):
             raise UnsupportedError(f"{where}: node '{name}' (LI): supported as the readout (feeding the Output) only")
         drive = sum(_abs_drive(nodes[a]) for a, b in new_edges if b == name)
-        tau = nodes[name].tau
+        readout = nodes[name]
+        assert isinstance(readout, ir.LIF)  # _li builds one
+        tau = readout.tau
         theta = float(np.max(drive, initial=0.0)) * (tau if math.isfinite(tau) else LI_HEADROOM) * 2 or 1.0
-        nodes[name] = nodes[name].replace(v_threshold=theta)
+        nodes[name] = readout.replace(v_threshold=theta)
     order = [k for k in nodes_in] + [k for k in nodes if k not in nodes_in]
     try:
         graph = ir.Graph(tuple(nodes[k] for k in order), tuple(new_edges), {})
@@ -647,7 +652,8 @@ def _quantization_notes(graph: ir.Graph, where: str) -> list[str]:
     reports = {r["layer"]: r for r in fixed.metadata.get("quantization", [])}
     for node in fixed.of_type(ir.FixedLIF):
         rep = reports.get(node.name, {})
-        if isinstance(graph.node(node.name), ir.LIF) and graph.node(node.name).v_threshold > 1:
+        source = graph.node(node.name)
+        if isinstance(source, ir.LIF) and source.v_threshold > 1:
             continue  # an LI readout: it does not fire
         if node.vth == ir.BITS["vth"].hi:
             notes.append(f"{where}: node '{node.name}': its threshold is {1 / max(_max_weight(graph, node.name), 1e-300):.4g} "
@@ -662,7 +668,8 @@ def _quantization_notes(graph: ir.Graph, where: str) -> list[str]:
 
 
 def _max_weight(graph: ir.Graph, layer: str) -> float:
-    return max((float(np.abs(graph.node(a).weight).max(initial=0)) for a in graph.predecessors(layer)), default=0.0)
+    syns = [graph.node(a) for a in graph.predecessors(layer)]
+    return max((float(np.abs(s.weight).max(initial=0)) for s in syns if isinstance(s, ir.SYNAPSES)), default=0.0)
 
 
 def _can_fire(graph: ir.Graph, node: ir.FixedLIF) -> bool:
@@ -670,6 +677,7 @@ def _can_fire(graph: ir.Graph, node: ir.FixedLIF) -> bool:
     drive = node.bias.astype(np.float64)
     for a in graph.predecessors(node.name):
         aff = graph.node(a)
+        assert isinstance(aff, ir.FIXED_SYNAPSES), aff.where()  # a quantized graph's neurons are fed so
         src = graph.node(graph.source_through_flatten(graph.predecessors(a)[0]))
         in_max = src.payload_max if isinstance(src, ir.Input) else 1
         pos = np.clip(aff.weight, 0, None).reshape(aff.weight.shape[0], -1).sum(axis=1)
@@ -701,7 +709,7 @@ def _encode_spikeforge(graph: ir.Graph) -> dict[str, Any]:
 
     arrays: dict[str, np.ndarray] = {}
     doc = graphio._encode_graph("snn", graph, arrays)
-    meta = {"spikeforge.graph": json.dumps(doc)}
+    meta: dict[str, Any] = {"spikeforge.graph": json.dumps(doc)}
     for ref, arr in arrays.items():
         meta["spikeforge.array." + ref.replace("/", ":")] = np.ascontiguousarray(arr)
     return meta
@@ -735,7 +743,7 @@ def _export_problems(graph: ir.Graph, target: str = "nir") -> list[str]:
             if node.leak or node.refractory:
                 problems.append(f"{node.where()}: leak={node.leak}, refractory={node.refractory}: "
                                 f"only leak=0, refractory=0 map to NIR's IF/LIF/CubaLIF")
-        elif isinstance(node, (ir.IF, ir.LIF)) and (node.reset == "subtract" or getattr(node, "refractory", 0)):
+        elif isinstance(node, (ir.IF, ir.LIF)) and (node.reset == "subtract" or bool(getattr(node, "refractory", 0))):
             problems.append(f"{node.where()}: reset='{node.reset}', refractory={getattr(node, 'refractory', 0)} "
                             f"have no NIR equivalent")
         elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)):
@@ -762,7 +770,7 @@ def _sinabs_problems(graph: ir.Graph) -> list[str]:
             if not if_:
                 problems.append(f"{node.where()}: --target sinabs writes IF layers only (du = 4095, dv = 0, "
                                 f"no leak: Sinabs' LIF import decays differently)")
-            elif node.reset != "subtract" or getattr(node, "refractory", 0):
+            elif node.reset != "subtract" or bool(getattr(node, "refractory", 0)):
                 problems.append(f"{node.where()}: reset='{node.reset}': Sinabs' from_nir runs IF with reset "
                                 f"by subtraction only (convert with --reset subtract)")
         elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)) and (node.padding[:2] != node.padding[2:] or node.groups != 1):
@@ -827,7 +835,8 @@ def _export_pool(node: ir.AvgPool2d, ctx: _Export) -> Any:
     return nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride), padding=np.array((t, l)))
 
 
-def _synapse_weights(node: ir.Node, ctx: _Export) -> tuple[np.ndarray, np.ndarray]:
+def _synapse_weights(node: ir.Affine | ir.FixedAffine | ir.Conv2d | ir.FixedConv2d,
+                     ctx: _Export) -> tuple[np.ndarray, np.ndarray]:
     """(weight, bias per output neuron) in the units the consumer integrates: state units
     (w 2**e << 6, times the payload of a rate 1) for fixed synapses, scaled by the target
     layer's factor; the target FixedLIF's bias is carried by its first incoming synapse
@@ -836,7 +845,7 @@ def _synapse_weights(node: ir.Node, ctx: _Export) -> tuple[np.ndarray, np.ndarra
     k = ctx.weight_scale.get(dst, 1.0)
     if isinstance(node, ir.FIXED_SYNAPSES):
         src = ctx.graph.source_through_flatten(ctx.graph.predecessors(node.name)[0])
-        w = fixedpoint.act_to_state(node.weight * 2.0**node.weight_exp) * ctx.payload.get(src, 1)
+        w = node.weight * (fixedpoint.act_to_state(2.0**node.weight_exp) * ctx.payload.get(src, 1))
         b = np.zeros(node.out_size)
     else:
         w = node.weight
@@ -849,7 +858,7 @@ def _synapse_weights(node: ir.Node, ctx: _Export) -> tuple[np.ndarray, np.ndarra
 
 
 @EXPORTERS.register(ir.Affine, ir.FixedAffine)
-def _export_affine(node: ir.Node, ctx: _Export) -> Any:
+def _export_affine(node: ir.Affine | ir.FixedAffine, ctx: _Export) -> Any:
     import nir
 
     w, b = _synapse_weights(node, ctx)
@@ -857,7 +866,7 @@ def _export_affine(node: ir.Node, ctx: _Export) -> Any:
 
 
 @EXPORTERS.register(ir.Conv2d, ir.FixedConv2d)
-def _export_conv(node: ir.Node, ctx: _Export) -> Any:
+def _export_conv(node: ir.Conv2d | ir.FixedConv2d, ctx: _Export) -> Any:
     """NIR Conv2d: input_shape (H, W), symmetric padding (pad_h, pad_w), a bias per channel."""
     import nir
 
@@ -882,13 +891,13 @@ def _export_fixed_lif(node: ir.FixedLIF, ctx: _Export) -> Any:
 
 
 @EXPORTERS.register(ir.IF, ir.LIF)
-def _export_float_neuron(node: ir.Node, ctx: _Export) -> Any:
+def _export_float_neuron(node: ir.IF | ir.LIF, ctx: _Export) -> Any:
     ones = np.ones(node.shape)
     theta = ones * node.v_threshold
     if ctx.target == "sinabs":  # Sinabs fires on v >= threshold
         theta = np.nextafter(theta, np.inf)
     tau = getattr(node, "tau", math.inf)
-    v_reset = ones * (node.v_reset if getattr(node, "reset", "zero") == "value" else 0.0)
+    v_reset = ones * (node.v_reset if isinstance(node, ir.LIF) and node.reset == "value" else 0.0)
     return _neuron(ones, theta, v_reset, tau, getattr(node, "v_leak", 0.0), getattr(node, "tau_syn", 1.0),
                    ctx.dt, ctx.target)
 
