@@ -26,7 +26,11 @@ so spikeforge -> NIR -> spikeforge is the identical graph. Each IR node type is 
 entry in :data:`EXPORTERS` (FixedConv2d / Conv2d as NIR Conv2d, symmetric padding, groups = 1;
 Flatten with dims counted from the end, so torch consumers keep the batch dim). ``target='snntorch'`` writes IF layers
 as snnTorch-loadable LIF (beta = 1 at snnTorch's hard-coded dt = 1e-4 s). NIR has no reset by
-subtraction: such layers are refused by name.
+subtraction: such layers are refused by name, except for ``target='sinabs'``: Sinabs' from_nir
+runs IF with reset by subtraction and fires on v >= threshold, so IF layers that reset by
+subtraction are written with thresholds :func:`sinabs_threshold` and, for Sinabs' nir <= 1.0.4,
+without v_reset. NIR has no initial state and no synaptic delay: consumers start each layer at
+v = 0 when its input starts, what the conversion's ``v_init`` computes.
 """
 
 from __future__ import annotations
