@@ -216,3 +216,31 @@ def test_a_reader_that_hangs_is_killed_and_refused(tmp_path, monkeypatch):
     with pytest.raises(SpikeforgeError, match=r"hang.nir: not a readable NIR file \(reading took over 1 s\)"):
         nir_io._read_isolated(path, timeout=1.0)
     assert time.monotonic() - t0 < 10
+
+
+def test_cli_export_target_sinabs(tmp_path, capsys):
+    """``export --target sinabs``: a graph resetting by subtraction is written (IF without
+    v_reset, thresholds just above vth << 6) and reads back identical; reset to zero is refused
+    by node with exit code 2, nothing written."""
+    import h5py
+
+    from spikeforge import graphio
+    from spikeforge.cli import main
+
+    g = random_fixed_graph([6, 5, 3], seed=2, reset="subtract")
+    graphio.save(tmp_path / "net.sfg", snn=g)
+    assert main(["export", str(tmp_path / "net.sfg"), "--target", "sinabs", "-o", str(tmp_path / "s.nir")]) == 0
+    with h5py.File(tmp_path / "s.nir") as f:
+        assert "v_reset" not in f["node/nodes/lif1"]
+        theta = f["node/nodes/lif1/v_threshold"][()]
+    vth = g.node("lif1", ir.FixedLIF).vth_scaled
+    assert (theta > vth).all() and (theta - vth < 2.0**-4).all()
+    back = load_nir(tmp_path / "s.nir")
+    assert [type(n).__name__ for n in back.nodes] == [type(n).__name__ for n in g.nodes]
+    zero = g.with_nodes([n.replace(reset="zero") if isinstance(n, ir.FixedLIF) else n for n in g.nodes])
+    graphio.save(tmp_path / "zero.sfg", snn=zero)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "zero.sfg"), "--target", "sinabs", "-o", str(tmp_path / "z.nir")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "node 'lif1' (FixedLIF): reset='zero': Sinabs' from_nir" in err
+    assert not (tmp_path / "z.nir").exists()
