@@ -106,6 +106,8 @@ def _netx_ready(graph: ir.Graph) -> ir.Graph:
                              for n in g.nodes]), "multiple of 64"),
     (lambda g: g.with_nodes([n.replace(reset="zero", refractory=2) if isinstance(n, ir.FixedLIF) else n
                              for n in g.nodes]), "refractory=2"),
+    (lambda g: g.with_nodes([n.replace(reset="zero", v_init=np.full(n.size, -64)) if isinstance(n, ir.FixedLIF)
+                             else n for n in g.nodes]), r"v_init: netx starts every neuron at v = 0"),
 ])
 def test_export_refuses_by_name(tmp_path, change, needle):
     g = change(_netx_ready(random_fixed_graph([6, 5, 3], seed=1, reset="subtract")))
