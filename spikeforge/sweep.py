@@ -17,14 +17,18 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
 
 import numpy as np
 
 from spikeforge import ir
-from spikeforge.encoding import ENCODINGS
+from spikeforge.encoding import ENCODINGS, Encoding
 from spikeforge.errors import SpikeforgeError
 from spikeforge.fileio import atomic_path, check_output
+
+if TYPE_CHECKING:
+    from spikeforge.backends.base import Backend
+    from spikeforge.network import Network
 
 #: Samples per shard unless asked otherwise.
 SHARD_SIZE = 256
@@ -32,7 +36,7 @@ SHARD_SIZE = 256
 
 class Task(NamedTuple):
     timesteps: int
-    encoding: str
+    encoding: Encoding
     shard: int
     start: int  # index of the shard's first sample
     stop: int
@@ -79,15 +83,19 @@ def plan(timesteps: Sequence[int], encodings: Sequence[str], n_samples: int, sha
         if t < 1:
             raise SpikeforgeError(f"--timesteps: expected integers >= 1, found {t}")
     starts = range(0, n_samples, shard_size)
+    encs = [cast(Encoding, e) for e in encodings]  # checked above
     return [Task(int(t), e, i, s, min(s + shard_size, n_samples))
-            for t in timesteps for e in encodings for i, s in enumerate(starts)]
+            for t in timesteps for e in encs for i, s in enumerate(starts)]
 
 
 # -- one task (in any process) -------------------------------------------------------------------
-_PROGRAMS: dict[tuple[str, str, str], Any] = {}
+_PROGRAMS: dict[tuple[str, str, str], tuple[Backend, Any, Network]] = {}
+
+#: run_task's arguments: graph file bytes, backend, device, task, the shard's x and y, seed.
+TaskArgs = tuple[bytes, str, str, Task, np.ndarray, np.ndarray, int]
 
 
-def _program(graph_bytes: bytes, backend: str, device: str):
+def _program(graph_bytes: bytes, backend: str, device: str) -> tuple[Backend, Any, Network]:
     """The compiled graph for these file bytes, cached per process."""
     from spikeforge import graphio
     from spikeforge.backends import get_backend
@@ -124,11 +132,11 @@ def run_task(graph_bytes: bytes, backend: str, device: str, task: Task, x: np.nd
 
 
 # -- runners ------------------------------------------------------------------------------------------
-def _serial(args_list: list[tuple]) -> list[TaskResult]:
+def _serial(args_list: list[TaskArgs]) -> list[TaskResult]:
     return [run_task(*a) for a in args_list]
 
 
-def _workers(args_list: list[tuple], workers: int) -> list[TaskResult]:
+def _workers(args_list: list[TaskArgs], workers: int) -> list[TaskResult]:
     import multiprocessing as mp
 
     out = []
@@ -143,7 +151,7 @@ def _workers(args_list: list[tuple], workers: int) -> list[TaskResult]:
     return out
 
 
-def _ray(args_list: list[tuple], address: str) -> list[TaskResult]:
+def _ray(args_list: list[TaskArgs], address: str) -> list[TaskResult]:
     try:
         import ray
     except ImportError:
@@ -153,8 +161,10 @@ def _ray(args_list: list[tuple], address: str) -> list[TaskResult]:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except Exception as exc:
             raise SpikeforgeError(f"--ray {address}: cannot connect to a Ray cluster ({exc})".splitlines()[0]) from None
+    if not args_list:
+        return []
     remote = ray.remote(num_cpus=1, max_retries=1)(run_task)
-    graph_ref = ray.put(args_list[0][0]) if args_list else None
+    graph_ref = ray.put(args_list[0][0])  # the graph once in the object store, not per task
     refs = {remote.remote(graph_ref, *a[1:]): a[3] for a in args_list}
     out = []
     for ref, t in refs.items():
@@ -177,7 +187,7 @@ def sweep(graph_path: str | os.PathLike[str], x: np.ndarray, y: np.ndarray, time
 
     x, y = _as_samples(x), np.asarray(y)  # rates (samples, features) or spike trains (samples, T, inputs)
     tasks = plan(timesteps, encodings, len(x), shard_size)
-    args_list = [(graph_bytes, backend, device, t, x[t.start:t.stop], y[t.start:t.stop], seed) for t in tasks]
+    args_list: list[TaskArgs] = [(graph_bytes, backend, device, t, x[t.start:t.stop], y[t.start:t.stop], seed) for t in tasks]
     t0 = time.perf_counter()
     if ray_address:
         results, runner = _ray(args_list, ray_address), f"ray {ray_address}"
@@ -239,8 +249,8 @@ def write(result: Sweep, json_path: str | os.PathLike[str], meta: dict | None = 
     fig, axes = plots.figure()
     encs = list(dict.fromkeys(r.encoding for r in result.rows))
     ts = sorted({r.timesteps for r in result.rows})
-    acc = {(r.timesteps, r.encoding): r.accuracy for r in result.rows}
-    curves = {f"SNN, {e} input": [np.nan if acc.get((t, e)) is None else acc[(t, e)] for t in ts] for e in encs}
+    acc = {(r.timesteps, r.encoding): r.accuracy for r in result.rows if r.accuracy is not None}
+    curves = {f"SNN, {e} input": [acc.get((t, e), np.nan) for t in ts] for e in encs}
     curves = {k: v for k, v in curves.items() if not np.isnan(v).all()}  # a grid line with every task failed
     refs = {"ANN": result.ann_accuracy} if result.ann_accuracy is not None else None
     ax = axes[0, 0]

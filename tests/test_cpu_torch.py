@@ -88,7 +88,8 @@ def test_torch_paths_equal_numpy_reference(kind, encoding):
     want = reference(graph, p, offset=5)
     rates = [s.mean() for s in want.spikes.values()]
     assert all(0.0 < r < 1.0 for r in rates), rates  # every layer lively: a wrong step shows
-    for options in ({}, {"time_batched": False}, {"conv_im2col": True}, {"closed_form": True}):
+    for options in ({}, {"time_batched": False}, {"conv_im2col": True}, {"closed_form": True},
+                    {"channels_last": False}):
         be = CpuBackend(**options)
         assert_identical(want, be.run(be.compile(graph), p, sample_offset=5))
 
@@ -130,3 +131,44 @@ def test_device_option():
     if not torch.cuda.is_available():
         with pytest.raises(SpikeforgeError, match="no CUDA device"):
             CpuBackend(device="cuda").compile(GRAPHS["if-subtract"]())
+
+
+def test_float32_scan_saturates_exactly():
+    """Sums near the 24-bit state: the float32 IF scan clamps where v can reach +-(2**23 - 1)."""
+    graph = stronger(random_fixed_graph(SIZES, seed=1), 2)
+    p = payloads(graph, timesteps=40)
+    want = reference(graph, p)
+    assert np.abs(want.v_final).max() == 2**23 - 1  # the readout saturated
+    prog = CpuBackend().compile(graph)
+    assert all(nr.float_in for nr in prog.layers)
+    for options in ({}, {"time_batched": False}, {"closed_form": True}):
+        be = CpuBackend(**options)
+        assert_identical(want, be.run(be.compile(graph), p))
+
+
+def test_conv_readout_held_channels_last():
+    """A readout fed by a convolution: its spikes and potentials come back in C order."""
+    g = random_conv_graph((2, 6, 5), (3, 4), (1, 2), seed=21)
+    keep = [n for n in g.nodes if n.name in ("in", "conv1", "lif1", "conv2", "lif2")]
+    graph = ir.Graph(tuple(keep) + (ir.Output("out", (4, 3, 3)),),
+                     tuple(e for e in g.edges if e[1] in {n.name for n in keep}) + (("lif2", "out"),))
+    p = payloads(graph, timesteps=10)
+    want = reference(graph, p)
+    prog = CpuBackend().compile(graph)
+    assert all(nr.hwc is not None for nr in prog.layers)
+    for options in ({}, {"time_batched": False}, {"conv_im2col": True}):
+        be = CpuBackend(**options)
+        assert_identical(want, be.run(be.compile(graph), p))
+
+
+@pytest.mark.parametrize("kind", ["if-subtract", "if-zero", "lif-decay", "stochastic", "conv-if"])
+def test_silent_inputs(kind):
+    """Zero payloads: sources without a spike for some or all steps (no product computed for
+    them), the layers driven by their biases alone."""
+    graph = GRAPHS[kind]()
+    p = payloads(graph, timesteps=3)
+    p[:] = 0
+    want = reference(graph, p)
+    for options in ({}, {"time_batched": False}, {"closed_form": True}, {"channels_last": False}):
+        be = CpuBackend(**options)
+        assert_identical(want, be.run(be.compile(graph), p))
