@@ -19,6 +19,7 @@ without a conversion. Layers fed only by convolutions hold their neurons in (H, 
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 import numpy as np
@@ -84,6 +85,19 @@ class CpuProgram(NamedTuple):
     conv_im2col: bool  # convolutions as unfold + matmul (exact on any device) instead of conv2d
     closed_form: bool  # IF with reset by subtraction over all steps at once (else the step loop)
     channels_last: bool  # conv outputs held in (H, W, C) order
+    workspace: threading.local  # per thread: spike buffers kept between sub-batches and runs
+
+
+def _spike_buffer(prog: CpuProgram, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An uninitialised tensor for a layer's spike train, the same memory on every sub-batch and
+    run of this thread (fresh pages cost more than writing the spikes; results are copied out)."""
+    import torch
+
+    ws = prog.workspace.__dict__
+    buf = ws.get(name)
+    if buf is None or buf.dtype != dtype or buf.numel() < int(np.prod(shape)):
+        buf = ws[name] = torch.empty(int(np.prod(shape)), dtype=dtype, device=prog.device)
+    return buf[: int(np.prod(shape))].view(shape)
 
 
 class CpuBackend(Backend):
@@ -120,7 +134,7 @@ class CpuBackend(Backend):
         hwc = {l.name: _hwc_shape(net, l) for l in net.layers} if self.channels_last else {}
         layers = tuple(_prepare_layer(net, l, self.device, hwc) for l in net.layers)
         return CpuProgram(net, [l.name for l in net.layers], batched, self.device, layers, self.conv_im2col,
-                          self.closed_form, self.channels_last)
+                          self.closed_form, self.channels_last, threading.local())
 
     def run(self, program: CpuProgram, payloads: np.ndarray, sample_offset: int = 0,
             record: Iterable[str] | None = None) -> RunResult:
@@ -376,7 +390,7 @@ def _scan(prog: CpuProgram, nr: Neurons, inp: _Inputs, steps: int, batch: int, o
             # no wrap, and |v + w| < 2**24 before any saturation: exact in float32
             w_lo = (min(a_lo, 0) << ACT_SHIFT) - nr.bias_max
             w_hi = (max(a_hi, 0) << ACT_SHIFT) + nr.bias_max
-            return _if_float32(p, nr, inp, steps, batch, th, _v_bounds(p, steps, th, w_lo, w_hi, nr.v_init_range))
+            return _if_float32(prog, p, nr, inp, steps, batch, th, _v_bounds(p, steps, th, w_lo, w_hi, nr.v_init_range))
         vals = vals.to(dt)
         w = torch.empty((len(vals) + 1, batch, n), dtype=dt, device=dev)
         w[0] = 0
@@ -386,7 +400,7 @@ def _scan(prog: CpuProgram, nr: Neurons, inp: _Inputs, steps: int, batch: int, o
             w = _wrap24(w)
         w += nr.bias
         rows = [r + 1 for r in inp.rows]
-        spikes = torch.empty((steps, batch, n), dtype=torch.bool, device=dev)
+        spikes = _spike_buffer(prog, nr.layer.name, (steps, batch, n), torch.bool)
         if p.reset == "subtract" and not saturates and prog.closed_form:
             return _if_subtract_closed(w, rows, th, spikes, nr.v_init)
         v = _v_start(nr, batch, dev)
@@ -430,7 +444,7 @@ def _v_bounds(p: LIFParams, steps: int, th: int, w_lo: int, w_hi: int,
     return (None if bottom > -STATE_MAX + 1 else -STATE_MAX + 1), (None if top < STATE_MAX - 1 else STATE_MAX - 1)
 
 
-def _if_float32(p: LIFParams, nr: Neurons, inp: _Inputs, steps: int, batch: int, th: int,
+def _if_float32(prog: CpuProgram, p: LIFParams, nr: Neurons, inp: _Inputs, steps: int, batch: int, th: int,
                 clamp: tuple[int | None, int | None]) -> tuple[Tensor, Tensor]:
     """The IF step in float32 for inputs |w| = |a << 6 + bias| < 2**23 (no wrap; v + w, |v| <=
     2**23 - 1, below 2**24: integers, so exact): v = sat24(v + w[t]) (``clamp``: the bounds v
@@ -440,7 +454,7 @@ def _if_float32(p: LIFParams, nr: Neurons, inp: _Inputs, steps: int, batch: int,
 
     n, dev = nr.layer.size, nr.bias_f.device
     w = torch.add(nr.bias_f, inp.values, alpha=1 << ACT_SHIFT, out=inp.values)  # in place, exact
-    spikes = torch.empty((steps, batch, n), dtype=torch.float32, device=dev)
+    spikes = _spike_buffer(prog, nr.layer.name, (steps, batch, n), torch.float32)
     v = torch.zeros((batch, n), dtype=torch.float32, device=dev)
     if nr.v_init_f is not None:
         v += nr.v_init_f
@@ -561,8 +575,10 @@ def _run(prog: CpuProgram, payloads: np.ndarray, offset: int,
     run = _run_time_batched if prog.time_batched else _run_stepwise
     spikes, v = run(prog, payloads, offset, keep)
     shapes = {nr.layer.name: nr.hwc for nr in prog.layers}
-    out = {k: _c_order(s.to(torch.bool), shapes[k]).permute(1, 0, 2).contiguous().cpu().numpy()
-           for k, s in spikes.items()}
+    out = {}
+    for k, s in spikes.items():  # copied out (the buffers are reused), (steps, B, n) -> (B, steps, n) bool
+        o = torch.empty((s.shape[1], s.shape[0], s.shape[2]), dtype=torch.bool, device=s.device)
+        out[k] = o.copy_(_c_order(s, shapes[k]).permute(1, 0, 2)).cpu().numpy()
     return out, _c_order(v.to(torch.int64), shapes[prog.net.readout]).cpu().numpy()
 
 

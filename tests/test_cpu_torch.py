@@ -172,3 +172,18 @@ def test_silent_inputs(kind):
     for options in ({}, {"time_batched": False}, {"closed_form": True}, {"channels_last": False}):
         be = CpuBackend(**options)
         assert_identical(want, be.run(be.compile(graph), p))
+
+
+@pytest.mark.parametrize("kind", ["if-subtract", "if-wrapping", "conv-if"])
+def test_results_do_not_share_reused_buffers(kind):
+    """Spike buffers are reused between runs: a result stays as it was after later runs."""
+    graph = GRAPHS[kind]()
+    p1, p2 = payloads(graph, n=1, seed=1), payloads(graph, n=1, seed=2)
+    for options in ({}, {"closed_form": True}):  # float32 and bool spike buffers
+        be = CpuBackend(**options)
+        prog = be.compile(graph)
+        first = be.run(prog, p1)
+        kept = {k: s.copy() for k, s in first.spikes.items()}
+        be.run(prog, p2)
+        assert_identical(reference(graph, p1), first)
+        assert all(np.array_equal(kept[k], first.spikes[k]) for k in kept)
