@@ -25,7 +25,7 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeGuard
 
 import numpy as np
 
@@ -111,7 +111,7 @@ def save(path: str | os.PathLike[str], **graphs: ir.Graph) -> None:
 
 
 # -- reading: every value checked against what the node type declares --------------------------
-def _is_int(v: object) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return type(v) is int
 
 
@@ -120,7 +120,7 @@ def _is_float(v: object) -> bool:
 
 
 def _is_dim(v: object) -> bool:
-    return _is_int(v) and 0 < v <= MAX_ELEMENTS  # type: ignore[operator]
+    return _is_int(v) and 0 < v <= MAX_ELEMENTS
 
 
 def _is_shape(v: object) -> bool:
@@ -260,8 +260,8 @@ def decode_graph(path: Path | str, key: str, doc: object, read: ArrayReader) -> 
 
 #: Metadata keys the tools read, and what each must be.
 METADATA_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
-    "iterations": (lambda v: _is_int(v) and 1 <= v <= 10**6, "an integer in [1, 1000000]"),  # type: ignore[operator]
-    "payload_bits": (lambda v: _is_int(v) and 1 <= v <= 8, "an integer in [1, 8]"),  # type: ignore[operator]
+    "iterations": (lambda v: _is_int(v) and 1 <= v <= 10**6, "an integer in [1, 1000000]"),
+    "payload_bits": (lambda v: _is_int(v) and 1 <= v <= 8, "an integer in [1, 8]"),
     "normalization": (lambda v: isinstance(v, dict) and isinstance(v.get("lambda", {}), dict)
                       and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
                               for x in v.get("lambda", {}).values()),

@@ -282,7 +282,8 @@ def _padding4(value: object, where: str) -> tuple[int, int, int, int]:
     vals = tuple(cast(Iterable[Any], value))
     if len(vals) == 2:
         vals = (vals[0], vals[1], vals[0], vals[1])
-    return _ints(vals, 4, where)  # type: ignore[return-value]
+    top, left, bottom, right = _ints(vals, 4, where)
+    return top, left, bottom, right
 
 
 class _Windowed:
