@@ -244,7 +244,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from spikeforge.analysis import check_conversion
 
         check = check_conversion(snn, ann, calib_x, args.check_timesteps, args.check_samples)
-    graphio.save(out, snn=snn, ann=ann)
+    # a quantized source (a NIR file spikeforge wrote) has no ANN: the file keeps the snn only
+    graphio.save(out, snn=snn, **({} if ann.is_fixed() else {"ann": ann}))
     if args.json:
         print(json.dumps({"output": str(out), "reset": resets[0] if len(resets) == 1 else resets,
                           "spiking_source": spiking_source, "target": args.target,

@@ -244,3 +244,23 @@ def test_cli_export_target_sinabs(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "node 'lif1' (FixedLIF): reset='zero': Sinabs' from_nir" in err
     assert not (tmp_path / "z.nir").exists()
+
+
+def test_cli_round_trip_of_a_quantized_file_simulates(tmp_path, capsys):
+    """``export`` then ``convert`` of the .nir: the .sfg holds the same quantized graph and no
+    ANN (there is none to keep), so ``simulate`` runs it rather than failing on an ANN pass."""
+    from spikeforge import graphio
+    from spikeforge.cli import main
+
+    g = random_fixed_graph([6, 5, 3], seed=4, reset="zero")
+    graphio.save(tmp_path / "net.sfg", snn=g)
+    x = random_inputs(12, 6, seed=2)
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(len(x), np.int64))
+    assert main(["export", str(tmp_path / "net.sfg"), "-o", str(tmp_path / "n.nir")]) == 0
+    assert main(["convert", str(tmp_path / "n.nir"), "-o", str(tmp_path / "back.sfg")]) == 0
+    assert set(graphio.load_all(tmp_path / "back.sfg")) == {"snn"}
+    capsys.readouterr()
+    assert main(["simulate", str(tmp_path / "back.sfg"), "--data", str(tmp_path / "d.npz")]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert_identical(simulate(g, "cpu", x, 32).result,
+                     simulate(graphio.load(tmp_path / "back.sfg"), "cpu", x, 32).result)
