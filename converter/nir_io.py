@@ -751,8 +751,7 @@ def _export_problems(graph: ir.Graph, target: str = "nir") -> list[str]:
             problems.append(f"{node.where()}: reset='{node.reset}', refractory={getattr(node, 'refractory', 0)} "
                             f"have no NIR equivalent")
         elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)):
-            t, l, b, r = node.padding
-            if (t, l) != (b, r):
+            if _symmetric_padding(node) is None:
                 problems.append(f"{node.where()}: padding (top, left, bottom, right) = {node.padding}: NIR's "
                                 f"Conv2d pads symmetrically (pad_h, pad_w)")
             if node.groups != 1:
@@ -761,6 +760,19 @@ def _export_problems(graph: ir.Graph, target: str = "nir") -> list[str]:
         elif type(node) not in EXPORTERS:
             problems.append(f"{node.where()}: no NIR equivalent")
     return problems
+
+
+
+def _symmetric_padding(node: ir.Conv2d | ir.FixedConv2d | ir.AvgPool2d) -> tuple[int, int] | None:
+    """NIR's (pad_h, pad_w) for ``node``'s (top, left, bottom, right) padding, or None.
+    Symmetric (top, left) computes the same windows when bottom <= top, right <= left and the
+    extra rows/columns start no further window (same output shape): folding an AvgPool2d into
+    a padded strided Conv2d gives such paddings."""
+    t, l, b, r = node.padding
+    if b > t or r > l:
+        return None
+    geo = node.geometry._replace(padding=(t, l, t, l))
+    return (t, l) if geo.output_shape == node.out_shape else None
 
 
 def _sinabs_problems(graph: ir.Graph) -> list[str]:
@@ -777,9 +789,11 @@ def _sinabs_problems(graph: ir.Graph) -> list[str]:
             elif node.reset != "subtract" or bool(getattr(node, "refractory", 0)):
                 problems.append(f"{node.where()}: reset='{node.reset}': Sinabs' from_nir runs IF with reset "
                                 f"by subtraction only (convert with --reset subtract)")
-        elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)) and (node.padding[:2] != node.padding[2:] or node.groups != 1):
-            problems.append(f"{node.where()}: padding {node.padding}, groups {node.groups}: NIR's Conv2d pads "
-                            f"symmetrically and nir 1.0.8 reads groups = 1 only")
+        elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)) and _symmetric_padding(node) is None:
+            problems.append(f"{node.where()}: padding (top, left, bottom, right) = {node.padding}: NIR's "
+                            f"Conv2d pads symmetrically (pad_h, pad_w)")
+        elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)) and node.groups != 1:
+            problems.append(f"{node.where()}: groups = {node.groups}: nir 1.0.8 reads groups = 1 only")
         elif type(node) not in EXPORTERS:
             problems.append(f"{node.where()}: no NIR equivalent")
     return problems
@@ -833,10 +847,10 @@ def _export_flatten(node: ir.Flatten, ctx: _Export) -> Any:
 def _export_pool(node: ir.AvgPool2d, ctx: _Export) -> Any:
     import nir
 
-    t, l, b, r = node.padding
-    if (t, l) != (b, r):
+    pad = _symmetric_padding(node)
+    if pad is None:
         raise UnsupportedError(f"{node.where()}: padding {node.padding}: NIR pads symmetrically")
-    return nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride), padding=np.array((t, l)))
+    return nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride), padding=np.array(pad))
 
 
 def _synapse_weights(node: ir.Affine | ir.FixedAffine | ir.Conv2d | ir.FixedConv2d,
@@ -879,9 +893,10 @@ def _export_conv(node: ir.Conv2d | ir.FixedConv2d, ctx: _Export) -> Any:
     if not np.allclose(per, per[:, :1], rtol=1e-12, atol=0):
         raise UnsupportedError(f"{node.where()}: the neurons it feeds have biases that differ within a channel; "
                                f"NIR's Conv2d has one per channel")
-    t, l, _, _ = node.padding
+    pad = _symmetric_padding(node)
+    assert pad is not None  # refused by the export checks
     return nir.Conv2d(input_shape=tuple(node.input_shape[1:]), weight=w, stride=tuple(node.stride),
-                      padding=(t, l), dilation=tuple(node.dilation), groups=node.groups, bias=per[:, 0].copy())
+                      padding=pad, dilation=tuple(node.dilation), groups=node.groups, bias=per[:, 0].copy())
 
 
 @EXPORTERS.register(ir.FixedLIF)

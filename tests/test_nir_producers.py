@@ -472,3 +472,26 @@ def test_export_runs_batched_in_sinabs(tmp_path):
     print("from_nir as it loads (MultiSpike): steps with > 1 spike", {k: int((v > 1).sum()) for k, v in multi.items()})
     res = _measure(ours, {k: v > 0 for k, v in multi.items()}, [(n, n) for n in layers])
     assert (multi[layers[0]] > 1).any() and res[0][1] < 1.0  # the case shows what MultiSpike changes
+
+
+@pytest.mark.parametrize("consumer", ["norse", "snntorch"])
+def test_folded_pool_padding_exports_symmetric(tmp_path, consumer):
+    """An AvgPool2d folded into a padded strided Conv2d pads (top, left) only: (2, 2, 0, 0).
+    NIR's symmetric (2, 2) computes the same windows (the extra rows start none), so the
+    export writes it and the consumer's spikes are 100 % identical."""
+    rng = np.random.default_rng(5)
+    w = rng.integers(-40, 128, (3, 1, 6, 6))
+    w.flat[0] = 127
+    conv = ir.FixedConv2d("conv", (1, 8, 8), (4, 4), (2, 2, 0, 0), weight=w)
+    assert conv.out_shape == (3, 2, 2)
+    g = ir.Graph((ir.Input("in", (1, 8, 8), payload_bits=1), conv,
+                  ir.FixedLIF("lif", 12, shape=(3, 2, 2), vth=200, reset="zero"), ir.Flatten("flat", (3, 2, 2)),
+                  ir.Output("out", (12,))),
+                 (("in", "conv"), ("conv", "lif"), ("lif", "flat"), ("flat", "out")))
+    spikes = np.random.default_rng(6).random((N, T, 1, 8, 8)) < 0.3
+    sim = simulate(g, "cpu", spikes.reshape(N, T, -1), T)
+    model = _load_in(consumer, g, tmp_path)
+    assert nir.read(str(tmp_path / f"{consumer}.nir")).nodes["conv"].padding.tolist() == [2, 2]
+    theirs = _flat(_consumer_spikes(model, ["lif"], spikes, T))
+    same = float((sim.result.spikes["lif"][:, 1:1 + T] == theirs["lif"]).mean())
+    assert same == 1.0 and 0 < theirs["lif"].mean() < 1
