@@ -35,49 +35,30 @@ def _load_data(spec: str, limit: int | None, labels: bool = True) -> "Dataset":
     return ds
 
 
-def _seed(text: str) -> int:
-    """argparse type: a random seed, an integer in [0, 2**32 - 1]."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 4294967295], found {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {value}")
-    return value
+def _integer(lo: int, hi: int | None = None, unit: str = "") -> Callable[[str], int]:
+    """argparse type: an integer in [lo, hi] (no upper bound where hi is None); with a
+    ``unit``, values above hi are refused as 'at most hi unit'."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+        if hi is not None and value > hi and unit:
+            raise argparse.ArgumentTypeError(f"expected at most {hi} {unit}, found {value}")
+        if value < lo or (hi is not None and value > hi):
+            bounds = f"in [{lo}, {hi}]" if hi is not None and not unit else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, found {value}")
+        return value
+    return parse
 
 
 #: Largest T the commands accept (one sample's input alone is T x features values).
 MAX_TIMESTEPS = 100_000
 
-
-def _steps(text: str) -> int:
-    """argparse type: a number of time steps T in [1, MAX_TIMESTEPS]."""
-    value = _positive(text)
-    if value > MAX_TIMESTEPS:
-        raise argparse.ArgumentTypeError(f"expected at most {MAX_TIMESTEPS} steps, found {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {value}")
-    return value
+_seed = _integer(0, 2**32 - 1)  # a random seed
+_count = _integer(0)
+_positive = _integer(1)
+_steps = _integer(1, MAX_TIMESTEPS, "steps")  # a number of time steps T
 
 
 #: ONNX op names for IR node types, to show what a bare name (a torch Sequential's "2") is.
