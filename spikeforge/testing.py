@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from spikeforge import ir
+
+
+def run_cli(*args: str, cwd: str | os.PathLike[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """``spikeforge ARGS`` in a fresh interpreter in ``cwd`` (captured text output, Python's
+    warnings off), as a user's shell runs it."""
+    return subprocess.run([sys.executable, "-m", "spikeforge.cli", *args], cwd=Path(cwd), capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 def random_fixed_graph(sizes: Sequence[int], seed: int = 0, reset: str = "subtract",

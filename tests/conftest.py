@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from spikeforge.testing import run_cli
 
 
 @pytest.fixture(scope="session")
@@ -16,9 +15,7 @@ def demo_mlp(tmp_path_factory) -> Path:
     """The demo network's source, trained once per session: a folder with model.onnx (digits,
     64 hidden units), calib.npz and test.npz. Copy it (fixture copy_demo) before writing."""
     d = tmp_path_factory.mktemp("demo-mlp")
-    r = subprocess.run([sys.executable, "-m", "spikeforge.cli", "train", "--arch", "mlp", "--hidden", "64",
-                        "--epochs", "40", "-o", "model.onnx"], cwd=d, capture_output=True, text=True,
-                       timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    r = run_cli("train", "--arch", "mlp", "--hidden", "64", "--epochs", "40", "-o", "model.onnx", cwd=d)
     assert r.returncode == 0, r.stderr
     return d
 

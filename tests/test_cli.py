@@ -11,13 +11,10 @@ from pathlib import Path
 import pytest
 
 from spikeforge.cli import main
+from spikeforge.testing import run_cli
 
 CLI = [sys.executable, "-m", "spikeforge.cli"]
 
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 @pytest.fixture(scope="module")

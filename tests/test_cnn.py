@@ -4,9 +4,6 @@ default (dynamo) ONNX exporter, converted by the CLI with calibration data that 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +14,8 @@ from torch import nn
 from spikeforge import data
 from spikeforge.converter.onnx_import import load_onnx
 from spikeforge.errors import UnsupportedError
+from spikeforge.testing import run_cli
 
-CLI = [sys.executable, "-m", "spikeforge.cli"]
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 def _digits(shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:

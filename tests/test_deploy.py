@@ -5,9 +5,6 @@ and fails honestly), the preflight refusals, and the Loihi 2 mapping estimate.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +14,9 @@ from spikeforge import graphio, ir
 from spikeforge.backends import loihi
 from spikeforge.cli import main
 from spikeforge.mapping import LIMITS, SYNAPSE_COST, estimate
-from spikeforge.testing import random_fixed_graph
-
-CLI = [sys.executable, "-m", "spikeforge.cli"]
+from spikeforge.testing import random_fixed_graph, run_cli
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from spikeforge import graphio, ir
 from spikeforge.data import Dataset, load_npz, save_npz
 from spikeforge.errors import SpikeforgeError
-from spikeforge.testing import random_fixed_graph, rewrite_graph_file
+from spikeforge.testing import random_fixed_graph
 
 #: Examples per file kind: 3 x 110 = 330 cases in all, deterministic (derandomized) in CI;
 #: SPIKEFORGE_FUZZ_EXAMPLES=N runs N per kind from a random seed (a longer local hunt).
@@ -237,7 +237,6 @@ def test_fuzz_npz(tmp_path):
 
 # -- ONNX ----------------------------------------------------------------------------------------
 def onnx_seed() -> Any:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -4,9 +4,6 @@ netx.hdf5.Network under Loihi2SimCfg('fixed_pt'), spike for spike against spikef
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -17,16 +14,11 @@ from spikeforge import data, graphio, ir
 from spikeforge.converter.netx_io import export_netx, run_netx
 from spikeforge.errors import UnsupportedError
 from spikeforge.runner import payloads_for, simulate
-from spikeforge.testing import random_fixed_graph
+from spikeforge.testing import random_fixed_graph, run_cli
 
-CLI = [sys.executable, "-m", "spikeforge.cli"]
 T = 32
 SAMPLES = 24
 
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from spikeforge import ir
 from spikeforge.converter.nir_io import NIRImportWarning, load_nir, save_nir
-from spikeforge.converter.passes import convert, quantize
+from spikeforge.converter.passes import convert
 from spikeforge.errors import SpikeforgeError, UnsupportedError
 from spikeforge.runner import simulate
 from spikeforge.testing import assert_identical, random_fixed_graph, random_inputs

@@ -15,6 +15,7 @@ from spikeforge.converter.nir_io import load_nir, save_nir
 from spikeforge.converter.passes import convert
 from spikeforge.network import lower
 from spikeforge.runner import simulate
+from spikeforge.testing import run_cli
 
 N, T, N_IN = 60, 40, 12
 
@@ -229,14 +230,11 @@ def _agreement(consumer: str, ours: np.ndarray, theirs: np.ndarray, predictions:
 def demo_dir(tmp_path_factory):
     """The demo MLP (``spikeforge train --arch mlp``) converted with --reset zero (net.sfg) and
     --reset subtract (net-subtract.sfg), and its test split."""
-    import subprocess
-    import sys
-
     d = tmp_path_factory.mktemp("demo")
     for args in (["train", "--arch", "mlp", "-o", "model.onnx"],
                  ["convert", "model.onnx", "--calib", "calib.npz", "--reset", "zero", "-o", "net.sfg"],
                  ["convert", "model.onnx", "--calib", "calib.npz", "-o", "net-subtract.sfg"]):
-        r = subprocess.run([sys.executable, "-m", "spikeforge.cli", *args], cwd=d, capture_output=True, text=True)
+        r = run_cli(*args, cwd=d)
         assert r.returncode == 0, r.stderr
     return d
 
@@ -376,16 +374,13 @@ def test_conv_sumpool_graph_runs_as_in_norse(tmp_path):
 @pytest.fixture(scope="module")
 def cnn_zero(tmp_path_factory):
     """The digits CNN (``spikeforge train --arch cnn``, 15 epochs) converted with --reset zero, and its test inputs."""
-    import subprocess
-    import sys
-
     from spikeforge import graphio
     from spikeforge.data import load
 
     d = tmp_path_factory.mktemp("cnn")
     for args in (["train", "--arch", "cnn", "--epochs", "15", "-o", "cnn.onnx"],
                  ["convert", "cnn.onnx", "--calib", "calib.npz", "--reset", "zero", "-o", "net.sfg"]):
-        r = subprocess.run([sys.executable, "-m", "spikeforge.cli", *args], cwd=d, capture_output=True, text=True)
+        r = run_cli(*args, cwd=d)
         assert r.returncode == 0, r.stderr
     return graphio.load(d / "net.sfg"), load(d / "test.npz").x.astype(np.float64)
 

@@ -4,11 +4,8 @@ numbers are those of `simulate --json` (same data, T, limit)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -19,14 +16,9 @@ from spikeforge import graphio
 from spikeforge.network import lower
 from spikeforge.report import membrane_replay, synaptic_ops, t99
 from spikeforge.runner import payloads_for, simulate
-from spikeforge.testing import random_fixed_graph, random_inputs
-
-CLI = [sys.executable, "-m", "spikeforge.cli"]
+from spikeforge.testing import random_fixed_graph, random_inputs, run_cli
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 def assert_valid_png(path: Path) -> None:

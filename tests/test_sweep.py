@@ -4,9 +4,7 @@ real local Ray cluster gives one table; failed tasks are reported by grid point 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +13,8 @@ import pytest
 from spikeforge import data, graphio, ir, sweep
 from spikeforge.converter.passes import convert
 from spikeforge.runner import simulate
+from spikeforge.testing import run_cli
 
-CLI = [sys.executable, "-m", "spikeforge.cli"]
 
 
 def ann_graph(seed: int = 0) -> ir.Graph:
@@ -39,8 +37,7 @@ def files(tmp_path_factory) -> Path:
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return run_cli(*args, cwd=cwd, timeout=600)
 
 
 def _load(d: Path, name: str) -> dict:
