@@ -21,7 +21,7 @@ import numpy as np
 from spikeforge import fixedpoint, ir
 from spikeforge.converter.fold import unique_name
 from spikeforge.errors import UnsupportedError
-from spikeforge.neuron import LIFParams, decay, linear_leak, saturate24
+from spikeforge.neuron import LIFParams, voltage
 
 
 def _relay_synapse(name: str, shape: ir.Shape) -> ir.Node:
@@ -106,10 +106,8 @@ def balance_latency(graph: ir.Graph) -> ir.Graph:
 
 
 def _no_input_step(params: LIFParams, v: np.ndarray) -> np.ndarray:
-    """v after one step without synaptic input from u = 0 (u stays 0): sat24(v_rest +
-    leak(trunc((v - v_rest)(4096 - dv) / 4096)) + bias), monotone non-decreasing in v."""
-    d = linear_leak(decay(v - params.v_rest, params.dv), params.leak)
-    return saturate24(params.v_rest + d + params.bias)
+    """v after one step without synaptic input from u = 0 (u stays 0); monotone in v."""
+    return voltage(params, v, 0)
 
 
 def _preimage(params: LIFParams, target: np.ndarray) -> np.ndarray:
@@ -140,13 +138,13 @@ def initial_state(node: ir.FixedLIF, delay: int) -> np.ndarray:
     n = node.size
     best = np.zeros(n, np.int64)
     todo = np.ones(n, bool) if node.bias.any() else np.zeros(n, bool)
+    chain = [np.zeros(n, np.int64)]  # chain[k]: the input-free step undone k times from 0
+    for _ in range(delay if todo.any() else 0):
+        chain.append(_preimage(params, chain[-1]))
     for k in range(delay, 0, -1):
         if not todo.any():
             break
-        v, ok = np.zeros(n, np.int64), np.ones(n, bool)
-        for _ in range(k):
-            v = _preimage(params, v)
-        start, x = v.copy(), v.copy()
+        start, x, ok = chain[k], chain[k], np.ones(n, bool)
         for _ in range(k):  # forward again: no spike, and exactly 0 after k steps
             x = _no_input_step(params, x)
             ok &= x <= node.vth_scaled

@@ -68,6 +68,12 @@ def saturate24(x: np.ndarray) -> np.ndarray:
     return np.clip(x, -STATE_MAX + 1, STATE_MAX - 1)
 
 
+def voltage(p: LIFParams, v: np.ndarray, u: np.ndarray | int) -> np.ndarray:
+    """v' = sat24(v_rest + leak(trunc((v - v_rest) (4096 - dv) / 4096)) + u + bias), before the
+    threshold test (monotone non-decreasing in v)."""
+    return saturate24(p.v_rest + linear_leak(decay(v - p.v_rest, p.dv), p.leak) + u + p.bias)
+
+
 def lif_step(p: LIFParams, s: LIFState, a: np.ndarray) -> tuple[LIFState, np.ndarray]:
     """One step; ``a`` is this step's synaptic input (integer, batch x n).
 
@@ -78,7 +84,7 @@ def lif_step(p: LIFParams, s: LIFState, a: np.ndarray) -> tuple[LIFState, np.nda
         where spiked: v' = 0 | v_reset | v' - (vth << 6);  ref = refractory
     """
     u = wrap24(decay(s.u, p.du + 1) + (a << ACT_SHIFT))
-    v = saturate24(p.v_rest + linear_leak(decay(s.v - p.v_rest, p.dv), p.leak) + u + p.bias)
+    v = voltage(p, s.v, u)
     ref = s.ref
     if p.refractory:
         held = ref > 0
