@@ -736,20 +736,12 @@ def _spikeforge_graph(meta: dict[str, Any], where: str) -> ir.Graph:
 
 
 def _export_problems(graph: ir.Graph, target: str = "nir") -> list[str]:
-    if target == "sinabs":
-        return _sinabs_problems(graph)
+    """Every node the target cannot run as spikeforge does, each named with the reason."""
+    neuron_problems = _sinabs_neuron_problems if target == "sinabs" else _nir_neuron_problems
     problems = []
     for node in graph.nodes:
-        if isinstance(node, ir.FixedLIF):
-            if node.reset == "subtract":
-                problems.append(f"{node.where()}: reset by subtraction has no NIR equivalent "
-                                f"(convert with --reset zero)")
-            if node.leak or node.refractory:
-                problems.append(f"{node.where()}: leak={node.leak}, refractory={node.refractory}: "
-                                f"only leak=0, refractory=0 map to NIR's IF/LIF/CubaLIF")
-        elif isinstance(node, (ir.IF, ir.LIF)) and (node.reset == "subtract" or bool(getattr(node, "refractory", 0))):
-            problems.append(f"{node.where()}: reset='{node.reset}', refractory={getattr(node, 'refractory', 0)} "
-                            f"have no NIR equivalent")
+        if isinstance(node, (ir.FixedLIF, ir.IF, ir.LIF)):
+            problems += neuron_problems(node)
         elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)):
             if _symmetric_padding(node) is None:
                 problems.append(f"{node.where()}: padding (top, left, bottom, right) = {node.padding}: NIR's "
@@ -775,28 +767,35 @@ def _symmetric_padding(node: ir.Conv2d | ir.FixedConv2d | ir.AvgPool2d) -> tuple
     return (t, l) if geo.output_shape == node.out_shape else None
 
 
-def _sinabs_problems(graph: ir.Graph) -> list[str]:
+def _sinabs_neuron_problems(node: ir.FixedLIF | ir.IF | ir.LIF) -> list[str]:
     """Sinabs' from_nir runs NIR's IF as its IAF: reset by subtraction (whatever v_reset says),
     r ignored; spikeforge's IF layers that reset by subtraction are what it computes."""
-    problems = []
-    for node in graph.nodes:
-        if isinstance(node, (ir.FixedLIF, ir.IF, ir.LIF)):
-            if_ = (node.du == fixedpoint.DU_NONE and node.dv == 0 and not node.leak) \
-                if isinstance(node, ir.FixedLIF) else isinstance(node, ir.IF)
-            if not if_:
-                problems.append(f"{node.where()}: --target sinabs writes IF layers only (du = 4095, dv = 0, "
-                                f"no leak: Sinabs' LIF import decays differently)")
-            elif node.reset != "subtract" or bool(getattr(node, "refractory", 0)):
-                problems.append(f"{node.where()}: reset='{node.reset}': Sinabs' from_nir runs IF with reset "
-                                f"by subtraction only (convert with --reset subtract)")
-        elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)) and _symmetric_padding(node) is None:
-            problems.append(f"{node.where()}: padding (top, left, bottom, right) = {node.padding}: NIR's "
-                            f"Conv2d pads symmetrically (pad_h, pad_w)")
-        elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)) and node.groups != 1:
-            problems.append(f"{node.where()}: groups = {node.groups}: nir 1.0.8 reads groups = 1 only")
-        elif type(node) not in EXPORTERS:
-            problems.append(f"{node.where()}: no NIR equivalent")
-    return problems
+    if_ = (node.du == fixedpoint.DU_NONE and node.dv == 0 and not node.leak) \
+        if isinstance(node, ir.FixedLIF) else isinstance(node, ir.IF)
+    if not if_:
+        return [f"{node.where()}: --target sinabs writes IF layers only (du = 4095, dv = 0, "
+                f"no leak: Sinabs' LIF import decays differently)"]
+    if node.reset != "subtract" or bool(getattr(node, "refractory", 0)):
+        return [f"{node.where()}: reset='{node.reset}': Sinabs' from_nir runs IF with reset "
+                f"by subtraction only (convert with --reset subtract)"]
+    return []
+
+
+def _nir_neuron_problems(node: ir.FixedLIF | ir.IF | ir.LIF) -> list[str]:
+    """NIR's IF/LIF/CubaLIF reset to v_reset and have no leak or refractory period."""
+    if isinstance(node, ir.FixedLIF):
+        problems = []
+        if node.reset == "subtract":
+            problems.append(f"{node.where()}: reset by subtraction has no NIR equivalent "
+                            f"(convert with --reset zero)")
+        if node.leak or node.refractory:
+            problems.append(f"{node.where()}: leak={node.leak}, refractory={node.refractory}: "
+                            f"only leak=0, refractory=0 map to NIR's IF/LIF/CubaLIF")
+        return problems
+    if node.reset == "subtract" or bool(getattr(node, "refractory", 0)):
+        return [f"{node.where()}: reset='{node.reset}', refractory={getattr(node, 'refractory', 0)} "
+                f"have no NIR equivalent"]
+    return []
 
 
 class _Export(NamedTuple):
