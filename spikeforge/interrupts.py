@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from types import FrameType
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 
@@ -50,12 +51,32 @@ def installed() -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable(previous_hook)
     for s in SIGNALS:
         signal.signal(s, _raise_once)
     try:
         yield
     finally:
         _restore(dict.fromkeys(SIGNALS, signal.SIG_IGN) if _received else previous)
+        sys.unraisablehook = previous_hook
+
+
+def _unraisable(previous: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` that keeps quiet about :class:`Interrupted`.
+
+    A signal can arrive while Python runs a destructor or a weakref callback (Brian2's
+    object trackers, garbage collection); the exception raised there cannot propagate and
+    Python would print "Exception ignored in ..." with a traceback. The signal is already
+    recorded in ``_received``: :func:`check` and the command line raise it again at the
+    next boundary, so the run still ends without a result, with one line."""
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            return
+        previous(unraisable)
+
+    return hook
 
 
 def received() -> int | None:
