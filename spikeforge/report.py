@@ -36,7 +36,7 @@ from spikeforge import ir
 from spikeforge.fixedpoint import ACT_SHIFT
 from spikeforge.encoding import Encoding
 from spikeforge.errors import SpikeforgeError
-from spikeforge.network import Network, lower
+from spikeforge.network import Network, Projection, lower
 
 
 class EnergyFigures(NamedTuple):
@@ -71,13 +71,26 @@ def synaptic_ops(net: Network, spikes: dict[str, np.ndarray], payloads: np.ndarr
     for proj in net.projections:
         src = payloads if proj.graded else spikes[proj.src]
         events = (src != 0).sum(axis=1)  # (samples, in): events per source neuron
-        ops[proj.dst] += events @ np.count_nonzero(proj.weight, axis=0).astype(np.int64)
+        ops[proj.dst] += events.astype(np.int64) @ fan_out(proj, events.shape[1])
     return ops
 
 
+def fan_out(proj: Projection, n_src: int) -> np.ndarray:
+    """Nonzero synapses leaving each source neuron of a projection (n_src,) int64; a
+    convolution counts its unrolled synapses (padding and stride included)."""
+    if proj.conv is None:
+        return np.count_nonzero(proj.weight, axis=0).astype(np.int64)
+    pre, _, _ = proj.coo()
+    return np.bincount(pre, minlength=n_src).astype(np.int64)
+
+
 def ann_macs(ann: ir.Graph) -> dict[str, int]:
-    """Multiply-accumulates per inference of every affine map of the ANN (out x in)."""
-    return {n.name: int(n.weight.size) for n in ann.of_type(ir.Affine)}
+    """Multiply-accumulates per inference of every affine map of the ANN: out x in for a
+    dense layer, out elements x C_in/groups x kH x kW for a convolution."""
+    macs = {n.name: int(n.weight.size) for n in ann.of_type(ir.Affine)}
+    for c in ann.of_type(ir.Conv2d):
+        macs[c.name] = int(np.prod(c.out_shape)) * int(np.prod(c.weight.shape[1:]))
+    return macs
 
 
 def membrane_replay(net: Network, layer: str, spikes: dict[str, np.ndarray],
@@ -85,7 +98,7 @@ def membrane_replay(net: Network, layer: str, spikes: dict[str, np.ndarray],
     """One sample's membrane potential of a LIF layer, replayed from its sources' recorded
     spikes: (v after each step, v before reset, spikes), each (steps, n). The replayed spikes
     equal the recorded ones (checked)."""
-    from spikeforge.neuron import LIFParams, dense, lif_init, lif_step
+    from spikeforge.neuron import LIFParams, lif_init, lif_step, reference_synaptic_input
 
     lay = net.layer(layer)
     if lay.stochastic:
@@ -94,9 +107,8 @@ def membrane_replay(net: Network, layer: str, spikes: dict[str, np.ndarray],
     a = np.zeros((steps, lay.size), np.int64)
     for proj in net.incoming(layer):
         src = payloads[None] if proj.graded else spikes[proj.src][None].astype(np.int64)
-        max_in = net.input.payload_max if proj.graded else 1
         prev = np.concatenate([np.zeros_like(src[:, :1]), src[:, :-1]], axis=1)  # one-step delay
-        a += dense(proj.weight, proj.weight_exp, prev, max_in)[0]
+        a += reference_synaptic_input(net, proj, prev)[0]
     params = lay.params
     assert isinstance(params, LIFParams)  # stochastic layers refused above
     probe = params._replace(reset="subtract")  # same step, reset undone below: v before reset

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikeforge import graphio
+from spikeforge import graphio, ir
 from spikeforge.network import lower
 from spikeforge.report import membrane_replay, synaptic_ops, t99
 from spikeforge.runner import payloads_for, simulate
-from spikeforge.testing import random_fixed_graph, random_inputs, run_cli
+from spikeforge.testing import random_conv_graph, random_fixed_graph, random_inputs, run_cli
 
 
 
@@ -97,3 +97,42 @@ def test_membrane_replay_and_synops(reset):
     expected = sum(int(sim.result.spikes["lif1"][0, :, j].sum()) * int(np.count_nonzero(w2[:, j]))
                    for j in range(w2.shape[1]))
     assert ops["lif2"][0] == expected
+
+
+def test_membrane_replay_and_synops_of_a_cnn():
+    """Convolutions: the replay convolves (it multiplied by the kernel as if it were a dense
+    matrix: report crashed on every CNN) and synaptic ops count the unrolled synapses."""
+    g = random_conv_graph((1, 8, 8), channels=(4, 6), strides=(1, 2), n_out=5, seed=2)
+    x = random_inputs(3, 64, seed=4)
+    sim = simulate(g, "cpu", x, 12)
+    net = lower(g)
+    p = payloads_for(g, x, 12)
+    for layer in [l.name for l in net.layers]:
+        _, _, s = membrane_replay(net, layer, {k: a[2] for k, a in sim.result.spikes.items()}, p[2])
+        assert (s == sim.result.spikes[layer][2]).all()
+    ops = synaptic_ops(net, sim.result.spikes, p)
+    for proj in net.projections:
+        pre, _, _ = proj.coo()
+        src = p if proj.graded else sim.result.spikes[proj.src]
+        events = (src != 0).sum(axis=1)  # (samples, src)
+        assert ops[proj.dst][1] == int(events[1][pre].sum()), proj.name
+
+
+def test_report_of_a_cnn(tmp_path):
+    for args in (["train", "--arch", "cnn", "--hidden", "4", "6", "--epochs", "3", "-o", "cnn.onnx"],
+                 ["convert", "cnn.onnx", "--calib", "calib.npz", "-o", "cnn.sfg", "--check-samples", "0"],
+                 ["report", "cnn.sfg", "--data", "test.npz", "--limit", "10", "--timesteps", "8",
+                  "-o", "rep", "--json"]):
+        r = run_cli(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    # ANN MACs: out elements x C_in x kH x kW per convolution (counted 0 before), out x in per dense
+    ann = graphio.load(tmp_path / "cnn.sfg", "ann")
+    convs = ann.of_type(ir.Conv2d)
+    assert len(convs) == 2
+    expected = sum(int(np.prod(c.geometry.output_shape)) * c.weight.shape[1] * c.weight.shape[2]
+                   * c.weight.shape[3] for c in convs)
+    expected += sum(a.weight.size for a in ann.of_type(ir.Affine))
+    assert summary["ann_macs_per_inference"] == expected
+    for name in re.findall(r'src="([^"]+)"', (tmp_path / "rep" / "index.html").read_text()):
+        assert_valid_png(tmp_path / "rep" / name)
