@@ -463,9 +463,16 @@ def load_nir(source: "str | Path | nir.NIRGraph", dt: float | str | StepLength |
     producers' conventions (:data:`DT_HINT`). Pooling folds into the following synapse."""
     g, where = _read(source)
     meta = dict(getattr(g, "metadata", {}) or {})
+    step = step_length(dt)  # checked even where the file's own graph makes it unneeded
     if str(meta.get("producer", "")) == PRODUCER and "spikeforge.graph" in meta:
-        return _spikeforge_graph(meta, where)
-    step = step_length(dt)
+        recorded_graph = _spikeforge_graph(meta, where)
+        edited = _edited_nodes(g, recorded_graph, meta)
+        if not edited:
+            return recorded_graph
+        warnings.warn(f"{where}: edited after spikeforge exported it ({', '.join(edited[:5])}"
+                      f"{' ...' if len(edited) > 5 else ''} changed): the file's nodes are imported, "
+                      f"the quantized graph recorded in its metadata is ignored",
+                      NIRImportWarning, stacklevel=2)
     recorded = meta.get("dt")
     if recorded is not None:
         rec = step_length(float(np.asarray(recorded).reshape(-1)[0]))
@@ -733,6 +740,42 @@ def _spikeforge_graph(meta: dict[str, Any], where: str) -> ir.Graph:
         return graphio.check_array(np.asarray(meta[key]), f"{where}: spikeforge metadata: node '{node}' array {fname}")
 
     return graphio.decode_graph(f"{where}: spikeforge metadata", "snn", doc, read)
+
+
+def _edited_nodes(g: Any, recorded: ir.Graph, meta: dict[str, Any]) -> list[str]:
+    """The nodes (and edges) of a NIR file spikeforge wrote that are no longer what the
+    recorded quantized graph exports to (with the file's dt and target): a file edited after
+    export must run as its nodes say, not as the record says. Values compare exactly as
+    float64 (the file holds what the exporter wrote); [] when nothing was changed."""
+    try:
+        target = str(meta.get("target", "nir"))
+        expected = to_nir(recorded, float(np.asarray(meta.get("dt", 1.0)).reshape(-1)[0]),
+                          target if target in TARGETS else "nir")
+    except (SpikeforgeError, ValueError, TypeError):
+        return ["the nodes (the record no longer exports)"]
+    changed = [f"node '{k}'" for k in sorted(set(g.nodes) ^ set(expected.nodes))]
+    for name in sorted(set(g.nodes) & set(expected.nodes)):
+        a, b = g.nodes[name], expected.nodes[name]
+        if type(a).__name__ != type(b).__name__:
+            changed.append(f"node '{name}' ({type(a).__name__})")
+            continue
+        for field in sorted(set(vars(a)) | set(vars(b))):
+            if field in ("metadata", "input_type", "output_type"):
+                continue
+            if field not in vars(a) or field not in vars(b):
+                if not (target == "sinabs" and field == "v_reset"):  # dropped for Sinabs' nir
+                    changed.append(f"node '{name}' ({type(a).__name__}) {field}")
+                continue
+            x, y = vars(a)[field], vars(b)[field]
+            try:
+                same = np.array_equal(np.asarray(x, np.float64), np.asarray(y, np.float64))
+            except (TypeError, ValueError):
+                same = str(x) == str(y)
+            if not same:
+                changed.append(f"node '{name}' ({type(a).__name__}) {field}")
+    if sorted(map(tuple, g.edges)) != sorted(map(tuple, expected.edges)):
+        changed.append("the edges")
+    return changed
 
 
 def _export_problems(graph: ir.Graph, target: str = "nir") -> list[str]:

@@ -184,6 +184,20 @@ def _import_model(path: Path, dt: str | None = None) -> "ir.Graph":
     raise SpikeforgeError(f"{path}: expected a model file ending in .onnx, .sfg (an ANN graph) or .nir, found '{suffix or 'no suffix'}'")
 
 
+def _refuse_ann_options(args: argparse.Namespace, model: Path, recorded: bool) -> None:
+    """Options that shape an ANN's conversion cannot change a spiking source: refuse them by
+    name rather than ignore them (a user asking for --reset subtract must not get reset to zero)."""
+    given = [f"--{name} {value}" for name, value, default in (
+        ("reset", args.reset, None), ("neuron", args.neuron, "if"), ("target", args.target, "spikeforge"),
+        ("normalize", args.normalize, "percentile"), ("percentile", args.percentile, 99.9))
+        if value != default]
+    if given:
+        what = ("holds the quantized graph spikeforge exported (recorded in its metadata)" if recorded
+                else "is a spiking network (its neurons and resets are as NIR states them)")
+        raise SpikeforgeError(f"{', '.join(given)}: {model} {what}; these options convert ANNs: "
+                              f"convert the source ANN again to change them")
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from spikeforge import graphio
     from spikeforge.converter.passes import convert, layer_reports
@@ -195,8 +209,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     ann = _import_model(model, args.dt)
     spiking_source = not ann.of_type(ir.ReLU)
     if spiking_source:
+        _refuse_ann_options(args, model, ann.is_fixed())
         calib_x = np.zeros((0, ann.inputs[0].out_size))
-        calib_note = "a spiking source: quantized directly; --reset/--neuron/--normalize do not apply"
+        calib_note = "a spiking source: quantized directly" + ("; --calib not used" if args.calib else "")
     else:
         if args.calib is None:
             raise SpikeforgeError(f"--calib: required to normalize the ANN {model} (a .npz with x, or 'digits')")
@@ -207,7 +222,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
                       f"calibration {len(calib_x)} samples")
     changes = None
     if ann.is_fixed():  # a NIR file spikeforge wrote: its quantized graph, unchanged
-        snn, calib_note = ann.with_metadata(source=str(model)), "the quantized graph recorded in the file"
+        snn = ann.with_metadata(source=str(model))
+        calib_note = "the quantized graph recorded in the file" + ("; --calib not used" if args.calib else "")
     elif args.target == "netx":
         from spikeforge.converter.netx_io import convert_netx, netx_target_args
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import nir
 import numpy as np
 import pytest
@@ -264,3 +266,58 @@ def test_cli_round_trip_of_a_quantized_file_simulates(tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
     assert_identical(simulate(g, "cpu", x, 32).result,
                      simulate(graphio.load(tmp_path / "back.sfg"), "cpu", x, 32).result)
+
+
+@pytest.mark.parametrize("target, reset, conv", [("nir", "zero", False), ("snntorch", "zero", True),
+                                                 ("sinabs", "subtract", False), ("nir", "zero", True)])
+def test_an_unedited_export_reads_back_its_recorded_graph(tmp_path, target, reset, conv):
+    """No false alarm: every target's file, as written, matches the record it carries."""
+    from spikeforge.testing import random_conv_graph
+
+    g = (random_conv_graph((1, 6, 6), channels=(3,), strides=(2,), n_out=4, seed=1, reset=reset) if conv
+         else random_fixed_graph([6, 5, 3], seed=4, reset=reset))
+    if conv:  # NIR's Conv2d has one bias per channel
+        lif1 = g.node("lif1", ir.FixedLIF)
+        g = g.with_nodes([lif1.replace(bias_mant=np.repeat(np.arange(3) * 40, lif1.size // 3)) if n is lif1 else n
+                          for n in g.nodes])
+    save_nir(g, tmp_path / "n.nir", target=target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NIRImportWarning)
+        back = load_nir(tmp_path / "n.nir")
+    x = random_inputs(8, g.inputs[0].out_size, seed=3)
+    assert_identical(simulate(g, "cpu", x, 16).result, simulate(back, "cpu", x, 16).result)
+
+
+def test_an_edited_export_runs_as_its_nodes_say(tmp_path, capsys):
+    """A file changed after export was converted from its stale record, the edit silently
+    ignored: now the record is set aside with a warning naming the node, and the nodes import."""
+    from spikeforge import graphio
+    from spikeforge.cli import main
+
+    g = random_fixed_graph([6, 5, 3], seed=4, reset="zero")
+    save_nir(g, tmp_path / "n.nir")
+    f = nir.read(str(tmp_path / "n.nir"))
+    f.nodes["fc1"].weight[...] = -f.nodes["fc1"].weight
+    nir.write(str(tmp_path / "e.nir"), f)
+    with pytest.warns(NIRImportWarning, match=r"edited after spikeforge exported it \(node 'fc1' \(Affine\) weight"):
+        edited = load_nir(tmp_path / "e.nir")
+    assert not edited.is_fixed()  # the float nodes, to be quantized
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "e.nir"), "-o", str(tmp_path / "e.sfg")]) == 0
+    assert "edited after spikeforge exported it" in capsys.readouterr().err
+    w = graphio.load(tmp_path / "e.sfg").node("fc1", ir.FixedAffine).weight
+    assert np.array_equal(np.sign(w), -np.sign(g.node("fc1", ir.FixedAffine).weight))
+
+
+@pytest.mark.parametrize("option", [["--reset", "subtract"], ["--target", "netx"], ["--neuron", "stochastic"],
+                                    ["--normalize", "max"], ["--dt", "foo"]])
+def test_options_that_cannot_apply_to_a_quantized_nir_file_are_refused(tmp_path, capsys, option):
+    """--reset subtract on an exported reset-to-zero file gave a reset-to-zero graph, exit 0."""
+    from spikeforge.cli import main
+
+    save_nir(random_fixed_graph([6, 5, 3], seed=4, reset="zero"), tmp_path / "n.nir")
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "n.nir"), *option, "-o", str(tmp_path / "c.sfg")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and option[0].lstrip("-") in err and option[1] in err, err
+    assert not (tmp_path / "c.sfg").exists()
