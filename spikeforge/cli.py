@@ -207,7 +207,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if out.resolve() == model.resolve():
         raise SpikeforgeError(f"-o {out}: expected a new file, found the input model's name")
     ann = _import_model(model, args.dt)
-    spiking_source = not ann.of_type(ir.ReLU)
+    if not ann.of_type(*ir.SYNAPSES):
+        found = sorted({type(n).__name__ for n in ann.nodes} - {"Input", "Output"}) or ["no layers"]
+        raise SpikeforgeError(f"{model}: nothing to convert: expected at least one dense or convolution "
+                              f"layer (Gemm, MatMul, Conv), found {', '.join(found)}")
+    spiking_source = ann.is_fixed() or bool(ann.of_type(ir.IF, ir.LIF, ir.Stochastic))
     if spiking_source:
         _refuse_ann_options(args, model, ann.is_fixed())
         calib_x = np.zeros((0, ann.inputs[0].out_size))

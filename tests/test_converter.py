@@ -301,3 +301,35 @@ def test_align_initial_state_gives_v_zero_when_the_input_arrives(family):
         partial += int((~zero & (node.v_init != 0)).sum())
         assert (zero | (node.bias < 0)).all()  # only a negative bias can be left partly undone
     assert exact > 0 and partial > 0  # both cases occur (deep layers, biases above threshold)
+
+
+def test_a_single_linear_layer_converts_and_an_empty_model_is_refused(tmp_path, digits, capsys):
+    """A logistic regression (one Linear, no ReLU) was taken for a spiking source and crashed
+    in the check; a model without any layer was 'converted' into an empty graph, exit 0."""
+    from spikeforge.cli import main
+
+    xtr, ytr, xte, yte = digits
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 10)
+    opt = torch.optim.Adam(lin.parameters(), 0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(lin(torch.as_tensor(xtr)), torch.as_tensor(ytr)).backward()
+        opt.step()
+    _export(lin, tmp_path / "lin.onnx", 64)
+    _export(torch.nn.Sequential(torch.nn.Identity()), tmp_path / "none.onnx", 64)
+    np.savez(tmp_path / "calib.npz", x=xtr[:200])
+    np.savez(tmp_path / "test.npz", x=xte, y=yte)
+    assert main(["convert", str(tmp_path / "lin.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                 "-o", str(tmp_path / "lin.sfg")]) == 0
+    capsys.readouterr()
+    assert main(["simulate", str(tmp_path / "lin.sfg"), "--data", str(tmp_path / "test.npz"), "--json"]) == 0
+    import json
+
+    res = json.loads(capsys.readouterr().out)
+    assert res["accuracy"] > 0.85 and abs(res["accuracy"] - res["ann_accuracy"]) <= 0.02, res
+    assert main(["convert", str(tmp_path / "none.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                 "-o", str(tmp_path / "none.sfg")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "none.onnx: nothing to convert" in err
+    assert not (tmp_path / "none.sfg").exists()
