@@ -6,7 +6,9 @@ by op type); shapes come from ``onnx.shape_inference`` and every IR node's shape
 against them. Supported ops: Conv (2-D: stride, symmetric and asymmetric pads, dilation,
 groups), Gemm, MatMul (+ Add), Relu, Clip(min 0), AveragePool, GlobalAveragePool,
 ReduceMean over H and W, Add of two tensors (a residual sum: both branches feed the next
-activation), Concat along channels, Flatten, Reshape/Squeeze to (batch, -1),
+activation), Concat along channels, Flatten, Reshape/Squeeze to (batch, -1) (the shape a
+constant or computed from the batch size: Shape, Gather, Unsqueeze, Cast, Concat, as
+``x.view(x.size(0), -1)`` exports with a dynamic batch),
 BatchNormalization (folded into the preceding Conv/Gemm, or after an activation into the
 next one), Identity, Dropout, Constant, and a final Softmax/LogSoftmax (dropped: the argmax
 is the same). Every op outside the table is reported, all at once, before anything is
@@ -49,6 +51,16 @@ class _Sum:
 Value = str | _Sum  # what a tensor is in the IR: a node's output or a sum of synapses
 
 
+@dataclass(frozen=True)
+class _ShapeValue:
+    """An integer tensor computed from a model tensor's shape (Shape -> Gather -> Unsqueeze
+    -> Concat, as torch writes ``x.view(x.size(0), -1)`` with a dynamic batch): its entries,
+    None for the batch size (unknown until run time); ``scalar`` for a 0-d tensor."""
+
+    values: tuple[int | None, ...]
+    scalar: bool = False
+
+
 @dataclass
 class _Ctx:
     path: Path
@@ -60,6 +72,8 @@ class _Ctx:
     producer: dict[str, Value] = field(default_factory=dict)
     # BatchNormalization after an activation, y = s * h + t (per channel), pending on a tensor
     pending_bn: dict[str, tuple[np.ndarray, np.ndarray, str]] = field(default_factory=dict)
+    # shape arithmetic (x.view(x.size(0), -1) with a dynamic batch): tensor -> its value
+    shape_values: dict[str, "_ShapeValue"] = field(default_factory=dict)
 
     # -- graph building ------------------------------------------------------------------
     def add(self, node: ir.Node, srcs: list[str]) -> str:
@@ -390,8 +404,62 @@ def _reduce_mean(ctx: _Ctx, node: Any, a: dict[str, Any], name: str) -> None:
         _out(ctx, node, ctx.add(ir.Flatten(f"{name}.flatten", ctx.nodes[pooled].out_shape), [pooled]))
 
 
+@handles("Shape")
+def _shape(ctx: _Ctx, node: Any, a: dict[str, Any], name: str) -> None:
+    v = ctx.value(node.input[0], node, fold_bn=True)
+    n = ctx.nodes[v.synapses[0] if isinstance(v, _Sum) else v]
+    full = (None, *n.out_shape)
+    start, end = int(a.get("start", 0)), a.get("end")
+    ctx.shape_values[node.output[0]] = _ShapeValue(full[start:None if end is None else int(end)])
+
+
+def _shape_value(ctx: _Ctx, tensor: str, node: Any) -> _ShapeValue:
+    if tensor in ctx.shape_values:
+        return ctx.shape_values[tensor]
+    raise UnsupportedError(f"{ctx.where(node)}: supported only in shape arithmetic (Shape -> Gather "
+                           f"-> Unsqueeze -> Concat -> Reshape, as x.view(x.size(0), -1) writes), "
+                           f"found it applied to '{tensor}'")
+
+
+def _ints_of(ctx: _Ctx, tensor: str, node: Any, what: str) -> list[int]:
+    return [int(i) for i in np.asarray(ctx.const(tensor, node, what)).reshape(-1)]
+
+
+@handles("Gather")
+def _gather(ctx: _Ctx, node: Any, a: dict[str, Any], name: str) -> None:
+    sv = _shape_value(ctx, node.input[0], node)
+    idx = np.asarray(ctx.const(node.input[1], node, "the indices"))
+    if int(a.get("axis", 0)) != 0 or sv.scalar:
+        raise UnsupportedError(f"{ctx.where(node)}: expected a gather along axis 0 of a shape, found "
+                               f"axis {a.get('axis', 0)}")
+    picked = tuple(sv.values[int(i)] for i in idx.reshape(-1))
+    ctx.shape_values[node.output[0]] = _ShapeValue(picked, scalar=idx.ndim == 0)
+
+
+@handles("Unsqueeze")
+def _unsqueeze(ctx: _Ctx, node: Any, a: dict[str, Any], name: str) -> None:
+    sv = _shape_value(ctx, node.input[0], node)
+    axes: list[int] = list(a["axes"]) if "axes" in a else _ints_of(ctx, node.input[1], node, "axes")
+    if not sv.scalar or axes not in ([0], [-1]):
+        raise UnsupportedError(f"{ctx.where(node)}: expected a scalar unsqueezed on axis 0, found "
+                               f"{len(sv.values)} values, axes {axes}")
+    ctx.shape_values[node.output[0]] = _ShapeValue(sv.values)
+
+
+@handles("Cast")
+def _cast(ctx: _Ctx, node: Any, a: dict[str, Any], name: str) -> None:
+    ctx.shape_values[node.output[0]] = _shape_value(ctx, node.input[0], node)
+
+
 @handles("Concat")
 def _concat(ctx: _Ctx, node: Any, a: dict[str, Any], name: str) -> None:
+    if any(t in ctx.shape_values for t in node.input):  # shape arithmetic: 1-D integer parts
+        parts: list[int | None] = []
+        for t in node.input:
+            parts += (list(_shape_value(ctx, t, node).values) if t in ctx.shape_values
+                      else _ints_of(ctx, t, node, "a shape part"))
+        ctx.shape_values[node.output[0]] = _ShapeValue(tuple(parts))
+        return
     if int(a.get("axis", 1)) not in (1, -3):
         raise UnsupportedError(f"{ctx.where(node)}: only concatenation along channels (axis 1) is "
                                f"supported, found axis {a.get('axis')}")
@@ -409,7 +477,12 @@ def _flatten(ctx: _Ctx, node: Any, a: dict[str, Any], name: str) -> None:
     size = int(np.prod(shape))
     if node.op_type == "Flatten" and a.get("axis", 1) != 1:
         raise UnsupportedError(f"{ctx.where(node)}: axis {a.get('axis')} is not supported (only 1)")
-    if node.op_type == "Reshape":
+    if node.op_type == "Reshape" and node.input[1] in ctx.shape_values:  # (x.size(0), -1)
+        computed = ctx.shape_values[node.input[1]].values
+        if len(computed) != 2 or computed[0] is not None or computed[1] not in (-1, size):
+            shown = ["batch" if d is None else d for d in computed]
+            raise UnsupportedError(f"{ctx.where(node)}: reshape to {shown}: only (batch, -1) is supported")
+    elif node.op_type == "Reshape":
         target = ctx.const(node.input[1], node, "the shape").astype(int).tolist()
         if len(target) != 2 or target[1] not in (-1, size) or target[0] not in (-1, 0, 1) and target[1] == -1:
             raise UnsupportedError(f"{ctx.where(node)}: reshape to {target}: only (batch, -1) is supported")

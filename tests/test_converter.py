@@ -333,3 +333,35 @@ def test_a_single_linear_layer_converts_and_an_empty_model_is_refused(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "none.onnx: nothing to convert" in err
     assert not (tmp_path / "none.sfg").exists()
+
+
+class _ViewNet(torch.nn.Module):
+    """The usual x.view(x.size(0), -1): with a dynamic batch the legacy exporter writes
+    Shape -> Gather -> Unsqueeze -> Concat -> Reshape (refused before as unsupported ops)."""
+
+    def __init__(self, target: tuple[str, ...] = ("batch", "-1")) -> None:
+        super().__init__()
+        self.c, self.p, self.f = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.AvgPool2d(2), torch.nn.Linear(64, 10)
+        self.target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.p(torch.relu(self.c(x)))
+        if self.target == ("batch", "-1"):
+            return self.f(h.view(h.size(0), -1))
+        return self.f(h.view(h.size(0), 4, -1).flatten(1))  # a reshape to 3-D first
+
+
+def test_view_by_batch_size_with_a_dynamic_batch(tmp_path, digits):
+    _, _, xte, _ = digits
+    torch.manual_seed(0)
+    m = _ViewNet().eval()
+    _export(m, tmp_path / "v.onnx", 0, shape=(1, 8, 8))
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "v.onnx")).graph.node]
+    assert {"Shape", "Gather", "Unsqueeze", "Concat", "Reshape"} <= set(ops)
+    g = load_onnx(tmp_path / "v.onnx")
+    with torch.no_grad():
+        theirs = m(torch.tensor(xte).reshape(-1, 1, 8, 8)).numpy()
+    np.testing.assert_allclose(forward(g, xte)[g.output.name], theirs, atol=1e-4)
+    _export(_ViewNet(("batch", "4", "-1")).eval(), tmp_path / "w.onnx", 0, shape=(1, 8, 8))
+    with pytest.raises(UnsupportedError, match=r"w.onnx: node .*\(Reshape\): reshape to \['batch', 4, -1\]"):
+        load_onnx(tmp_path / "w.onnx")
