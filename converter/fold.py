@@ -7,7 +7,9 @@ conv kernel spread over the pool windows (kernel s*d*(k-1) + p, stride s*S); poo
 -> Affine gives an Affine over the unpooled input. A channel Concat followed by a synapse is
 the sum of that synapse's slices applied to each input: the consumer is split by input
 channels, one piece per input, all feeding the same neurons (their latencies are then
-matched by balance_latency). Every fold is checked numerically on a random input before it
+matched by balance_latency). Where the consumer cannot be split (the readout Gemm, whose
+neurons are the network's output), activations joined by the Concat become one layer that
+each branch's Conv2d writes its own channels of. Every fold is checked numerically on a random input before it
 is accepted; what cannot be folded exactly is refused by name.
 """
 
@@ -166,7 +168,65 @@ def _fold_pool(ed: _Edit, pool: ir.AvgPool2d, names: set[str]) -> None:
     ed.remove(pool.name)
 
 
+def _splittable(ed: _Edit, cat: ir.Concat) -> bool:
+    """Whether every consumer of the Concat can be split by input: a Conv2d (groups 1) or a
+    Flatten and Gemm whose pieces feed a hidden layer (the readout's input must be one map)."""
+    for s in ed.succs(cat.name):
+        node, targets = ed.nodes[s], ed.succs(s)
+        if isinstance(node, ir.Conv2d) and node.groups == 1:
+            continue
+        if isinstance(node, ir.Flatten) and len(node.out_shape) == 1 and all(
+                isinstance(ed.nodes[a], ir.Affine) and not any(isinstance(ed.nodes[d], ir.Output) for d in ed.succs(a))
+                for a in targets):
+            continue
+        return False
+    return True
+
+
+def _merge_concat(ed: _Edit, cat: ir.Concat) -> bool:
+    """A Concat of activations that only it reads, each fed by convolutions (groups 1) of the
+    same output size, becomes one activation layer: every producing Conv2d writes its own
+    channel range of the joined map (zero weights and bias elsewhere), so the sum at each
+    neuron is exactly the concatenated tensor. False (nothing changed) when it does not apply."""
+    relus = [ed.nodes[r] for r in ed.preds(cat.name)]
+    if not all(isinstance(r, ir.ReLU) and ed.succs(r.name) == [cat.name] for r in relus):
+        return False
+    uppers = {r.upper for r in relus if isinstance(r, ir.ReLU)}
+    convs = {r.name: [ed.nodes[c] for c in ed.preds(r.name)] for r in relus}
+    if len(uppers) != 1 or not all(cs and all(isinstance(c, ir.Conv2d) and c.groups == 1 for c in cs)
+                                   for cs in convs.values()):
+        return False
+    total = sum(s[0] for s in cat.input_shapes)
+    # named as the Concat: the ANN's activation of that name is the layer's (conversion checks)
+    merged = ir.ReLU(cat.name, total * cat.input_shapes[0][1] * cat.input_shapes[0][2],
+                     shape=(total, *cat.input_shapes[0][1:]), upper=uppers.pop())
+    ed.edges = [(merged.name, b) if a == cat.name else (a, b) for a, b in ed.edges if b != cat.name]
+    ed.nodes[cat.name] = merged
+    offset = 0
+    for r, shape in zip(relus, cat.input_shapes):
+        for c in convs[r.name]:
+            assert isinstance(c, ir.Conv2d)
+            weight = np.zeros((total, *c.weight.shape[1:]))
+            weight[offset:offset + shape[0]] = c.weight
+            bias = np.zeros(total)
+            bias[offset:offset + shape[0]] = c.bias
+            ed.nodes[c.name] = c.replace(weight=weight, bias=bias)
+            ed.edges.append((c.name, merged.name))
+        offset += shape[0]
+        ed.remove(r.name)
+    return True
+
+
 def _split_concat(ed: _Edit, cat: ir.Concat, names: set[str]) -> None:
+    if not _splittable(ed, cat):
+        if _merge_concat(ed, cat):
+            return
+        if any(isinstance(ed.nodes[d], ir.Output) for s in ed.succs(cat.name) for a in ed.succs(s)
+               for d in ed.succs(a)):
+            raise UnsupportedError(
+                f"{cat.where()} feeds the readout Gemm through a Flatten: its inputs must be "
+                f"activations read only by the Concat and fed by Conv2d layers (groups 1), to be "
+                f"merged into one layer; or add a hidden layer after the Concat")
     inputs = ed.preds(cat.name)
     chans = [s[0] for s in cat.input_shapes]
     bounds = np.cumsum([0] + chans)
@@ -210,7 +270,8 @@ def _split_concat(ed: _Edit, cat: ir.Concat, names: set[str]) -> None:
         else:
             raise UnsupportedError(
                 f"{cat.where()} feeds {node.where()}: a channel Concat must be followed by a "
-                f"Conv2d with groups=1 or a Flatten and Gemm (its consumer is split by input)")
+                f"Conv2d with groups=1 or a Flatten and Gemm (its consumer is split by input), "
+                f"or join activations fed only by Conv2d layers (merged into one layer)")
     ed.remove(cat.name)
 
 

@@ -48,6 +48,10 @@ def ann_rates(snn: ir.Graph, ann: ir.Graph, x: np.ndarray) -> dict[str, np.ndarr
         feeding = [p for p in ann.predecessors(node.name) if p in lam]
         if node.name in snn.by_name and feeding:
             out[node.name] = np.clip(acts[node.name] / lam[feeding[0]], 0.0, 1.0)
+    for cat in ann.of_type(ir.Concat):  # activations joined into one layer by fold_linear
+        feeding = [p for r in ann.predecessors(cat.name) for p in ann.predecessors(r) if p in lam]
+        if cat.name in snn.by_name and feeding:
+            out[cat.name] = np.clip(acts[cat.name] / lam[feeding[0]], 0.0, 1.0)
     readout = lower(snn).readout
     if readout not in out:
         feeding = [p for p in snn.predecessors(readout) if p in lam and p in acts]
