@@ -33,6 +33,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from spikeforge import fixedpoint, ir
+from spikeforge.conv import symmetric_padding
 from spikeforge.errors import SpikeforgeError, UnsupportedError
 from spikeforge.fileio import atomic_path
 
@@ -300,17 +301,18 @@ def _export_dense(node: ir.FixedAffine, graph: ir.Graph, out: _Export) -> None:
 
 def _export_conv(node: ir.FixedConv2d, graph: ir.Graph, out: _Export) -> None:
     _check_synapse(node)
-    top, left, bottom, right = node.padding
-    if (top, left) != (bottom, right):
-        raise UnsupportedError(f"{node.where()} padding={node.padding}: netx pads symmetrically "
-                               f"(pad_h, pad_w) only")
+    pad = symmetric_padding(node.geometry)
+    if pad is None:
+        raise UnsupportedError(f"{node.where()} padding (top, left, bottom, right) = {node.padding}: netx "
+                               f"pads symmetrically (pad_h, pad_w), and no symmetric padding gives the "
+                               f"same windows")
     lif = _target_neuron(graph, node)
     c, h, w = node.out_shape
     bias = _netx_bias(lif).reshape(c, h, w).transpose(2, 1, 0)  # netx neurons are (x, y, z)
     out.layers.append({"type": "conv", "shape": np.array([c, h, w], np.int64),
                        "weight": node.weight.astype(np.int64),
                        "stride": np.array(node.stride, np.int64),
-                       "padding": np.array([top, left], np.int64),
+                       "padding": np.array(pad, np.int64),
                        "dilation": np.array(node.dilation, np.int64),
                        "groups": np.int64(node.groups), "bias": bias,
                        "neuron": _neuron_group(lif)})

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 import numpy as np
 
 from spikeforge import fixedpoint, ir
+from spikeforge.conv import symmetric_padding
 from spikeforge.errors import SpikeforgeError, UnsupportedError
 from spikeforge.fileio import atomic_path
 
@@ -786,7 +787,7 @@ def _export_problems(graph: ir.Graph, target: str = "nir") -> list[str]:
         if isinstance(node, (ir.FixedLIF, ir.IF, ir.LIF)):
             problems += neuron_problems(node)
         elif isinstance(node, (ir.Conv2d, ir.FixedConv2d)):
-            if _symmetric_padding(node) is None:
+            if symmetric_padding(node.geometry) is None:
                 problems.append(f"{node.where()}: padding (top, left, bottom, right) = {node.padding}: NIR's "
                                 f"Conv2d pads symmetrically (pad_h, pad_w)")
             if node.groups != 1:
@@ -795,19 +796,6 @@ def _export_problems(graph: ir.Graph, target: str = "nir") -> list[str]:
         elif type(node) not in EXPORTERS:
             problems.append(f"{node.where()}: no NIR equivalent")
     return problems
-
-
-
-def _symmetric_padding(node: ir.Conv2d | ir.FixedConv2d | ir.AvgPool2d) -> tuple[int, int] | None:
-    """NIR's (pad_h, pad_w) for ``node``'s (top, left, bottom, right) padding, or None.
-    Symmetric (top, left) computes the same windows when bottom <= top, right <= left and the
-    extra rows/columns start no further window (same output shape): folding an AvgPool2d into
-    a padded strided Conv2d gives such paddings."""
-    t, l, b, r = node.padding
-    if b > t or r > l:
-        return None
-    geo = node.geometry._replace(padding=(t, l, t, l))
-    return (t, l) if geo.output_shape == node.out_shape else None
 
 
 def _sinabs_neuron_problems(node: ir.FixedLIF | ir.IF | ir.LIF) -> list[str]:
@@ -889,7 +877,7 @@ def _export_flatten(node: ir.Flatten, ctx: _Export) -> Any:
 def _export_pool(node: ir.AvgPool2d, ctx: _Export) -> Any:
     import nir
 
-    pad = _symmetric_padding(node)
+    pad = symmetric_padding(node.geometry)
     if pad is None:
         raise UnsupportedError(f"{node.where()}: padding {node.padding}: NIR pads symmetrically")
     return nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride), padding=np.array(pad))
@@ -935,7 +923,7 @@ def _export_conv(node: ir.Conv2d | ir.FixedConv2d, ctx: _Export) -> Any:
     if not np.allclose(per, per[:, :1], rtol=1e-12, atol=0):
         raise UnsupportedError(f"{node.where()}: the neurons it feeds have biases that differ within a channel; "
                                f"NIR's Conv2d has one per channel")
-    pad = _symmetric_padding(node)
+    pad = symmetric_padding(node.geometry)
     assert pad is not None  # refused by the export checks
     return nir.Conv2d(input_shape=tuple(node.input_shape[1:]), weight=w, stride=tuple(node.stride),
                       padding=pad, dilation=tuple(node.dilation), groups=node.groups, bias=per[:, 0].copy())

@@ -39,6 +39,18 @@ def conv2d(x: np.ndarray, weight: np.ndarray, geom: ConvGeometry, dtype: str = "
     return y.reshape(n, -1).numpy()
 
 
+def symmetric_padding(geom: ConvGeometry) -> tuple[int, int] | None:
+    """Symmetric (pad_h, pad_w) computing the same windows as ``geom``'s (top, left, bottom,
+    right) padding, or None. (top, left) on both sides does when bottom <= top, right <= left
+    and the extra rows/columns start no further window (same output shape): window (i, j)
+    reads rows i*sh - top + ky*dh either way. Folding an AvgPool2d into a padded strided
+    Conv2d gives such paddings (NIR and netx pad symmetrically)."""
+    t, l, b, r = geom.padding
+    if b > t or r > l:
+        return None
+    return (t, l) if geom._replace(padding=(t, l, t, l)).output_shape == geom.output_shape else None
+
+
 def fan_in(weight: np.ndarray) -> int:
     """Inputs per output neuron: C_in/groups * kH * kW (4-D) or in (2-D)."""
     return int(math.prod(weight.shape[1:]))

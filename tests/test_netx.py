@@ -146,3 +146,52 @@ def test_netx_conv_export_spike_identical_to_cpu(tmp_path):
     for name in names:
         assert sim.result.spikes[name].sum() > 0, name
         assert (sim.result.spikes[name] == netx[name]).all(), name
+
+
+def test_netx_export_of_avgpool_folded_into_strided_conv(tmp_path):
+    """Conv - ReLU - AvgPool2d(2) - Conv(stride 2, padding 1) on 8x8 digits: the fold gives
+    the second conv (top, left)-only padding (2, 2, 0, 0) whose bottom/right part no window
+    reaches; netx's symmetric (2, 2) computes the same windows, so the file runs spike for
+    spike as the cpu backend does."""
+    from spikeforge.converter.netx_io import convert_netx
+
+    rng = np.random.default_rng(1)
+    nodes = [ir.Input("in", (1, 8, 8)),
+             ir.Conv2d("conv1", (1, 8, 8), (1, 1), (1, 1), weight=rng.normal(0, 0.5, (8, 1, 3, 3)),
+                       bias=rng.normal(0, 0.05, 8)),
+             ir.ReLU("relu1", 512, shape=(8, 8, 8)),
+             ir.AvgPool2d("pool", (8, 8, 8), (2, 2), (2, 2)),
+             ir.Conv2d("conv2", (8, 4, 4), (2, 2), (1, 1), weight=rng.normal(0, 0.3, (12, 8, 3, 3))),
+             ir.ReLU("relu2", 48, shape=(12, 2, 2)),
+             ir.Flatten("flat", (12, 2, 2)),
+             ir.Affine("fc", rng.normal(0, 0.3, (10, 48)), rng.normal(0, 0.05, 10)),
+             ir.Output("out", (10,))]
+    names_ = [n.name for n in nodes]
+    x = data.load_digits().x[:40]
+    g, _ = convert_netx(ir.Graph(tuple(nodes), tuple(zip(names_, names_[1:]))), x)
+    assert g.node("conv2", ir.FixedConv2d).padding == (2, 2, 0, 0)
+    names = export_netx(g, tmp_path / "cnn.net")
+    with h5py.File(tmp_path / "cnn.net") as f:
+        assert list(f["layer/2/padding"][()]) == [2, 2]
+    sim = simulate(g, "cpu", x[:4], 16)
+    netx = run_netx(tmp_path / "cnn.net", names, payloads_for(g, x[:4], 16))
+    for name in names:
+        assert sim.result.spikes[name].sum() > 0, name
+        assert (sim.result.spikes[name] == netx[name]).all(), name
+
+
+def test_netx_export_refuses_padding_no_symmetric_one_matches(tmp_path):
+    """(0, 0, 1, 1) on 4x4, kernel 2: symmetric (0, 0) loses the last row and column of
+    windows, (1, 1) shifts every window: refused by node, nothing written."""
+    conv = ir.FixedConv2d("conv", (1, 4, 4), (1, 1), (0, 0, 1, 1), weight=np.ones((2, 1, 2, 2), np.int64),
+                          weight_exp=0)
+    nodes = [ir.Input("in", (1, 4, 4)), conv,
+             ir.FixedLIF("lif", 32, shape=(2, 4, 4), vth=3, bias_mant=np.zeros(32, np.int64), bias_exp=6,
+                         reset="zero"),
+             ir.Output("out", (2, 4, 4))]
+    names = [n.name for n in nodes]
+    g = ir.Graph(tuple(nodes), tuple(zip(names, names[1:])))
+    with pytest.raises(UnsupportedError, match=r"node 'conv' \(FixedConv2d\) padding .* = \(0, 0, 1, 1\): "
+                                               r"netx pads symmetrically"):
+        export_netx(g, tmp_path / "x.net")
+    assert not (tmp_path / "x.net").exists()
