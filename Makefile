@@ -45,28 +45,28 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	@mkdir -p $(OUT)
-	$(SF) train --arch mlp -o $(OUT)/model.onnx
-	$(SF) convert $(OUT)/model.onnx --calib $(OUT)/calib.npz --reset subtract -o $(OUT)/net.sfg
-	$(SF) convert $(OUT)/model.onnx --calib $(OUT)/calib.npz --reset zero -o $(OUT)/net-zero.sfg
+	$(SF) train --arch mlp --force -o $(OUT)/model.onnx
+	$(SF) convert $(OUT)/model.onnx --calib $(OUT)/calib.npz --reset subtract --force -o $(OUT)/net.sfg
+	$(SF) convert $(OUT)/model.onnx --calib $(OUT)/calib.npz --reset zero --force -o $(OUT)/net-zero.sfg
 	$(SF) simulate $(OUT)/net.sfg --backend cpu --data $(OUT)/test.npz --timesteps $(T)
 	$(SF) simulate $(OUT)/net-zero.sfg --backend cpu --data $(OUT)/test.npz --timesteps $(T)
 	$(SF) simulate $(OUT)/net.sfg --backend lava --data $(OUT)/test.npz --timesteps $(T) --limit 50
 	$(SF) verify $(OUT)/net.sfg --backends cpu,lava,brian2 --data $(OUT)/test.npz --timesteps $(T) --limit 20
 	$(SF) verify $(OUT)/net-zero.sfg --backends cpu,lava,brian2 --data $(OUT)/test.npz --timesteps $(T) --limit 20
-	$(SF) analyze $(OUT)/net.sfg --data $(OUT)/test.npz --timesteps $(T) -o $(OUT)/report
+	$(SF) analyze $(OUT)/net.sfg --data $(OUT)/test.npz --timesteps $(T) --force -o $(OUT)/report
 	$(SF) check $(OUT)/net-zero.sfg --target loihi2
 	$(SF) inspect $(OUT)/net-zero.sfg
 	$(SF) deploy $(OUT)/net-zero.sfg --target lava-sim --data $(OUT)/test.npz --timesteps $(T) --limit 20
 	$(SF) deploy $(OUT)/net-zero.sfg --target loihi2 --data $(OUT)/test.npz || echo "(expected here: no Loihi 2 hardware)"
-	$(SF) convert $(OUT)/model.onnx --calib $(OUT)/calib.npz --target netx -o $(OUT)/net-netx.sfg
-	$(SF) export $(OUT)/net-netx.sfg --to netx -o $(OUT)/net.net
-	$(SF) report $(OUT)/net.sfg --data $(OUT)/test.npz --timesteps $(T) -o $(OUT)/html
-	$(SF) train --arch recurrent --hidden 96 64 -o $(OUT)/recurrent.sfg
-	$(SF) convert $(OUT)/recurrent.sfg --calib $(OUT)/calib.npz -o $(OUT)/net-recurrent.sfg
+	$(SF) convert $(OUT)/model.onnx --calib $(OUT)/calib.npz --target netx --force -o $(OUT)/net-netx.sfg
+	$(SF) export $(OUT)/net-netx.sfg --to netx --force -o $(OUT)/net.net
+	$(SF) report $(OUT)/net.sfg --data $(OUT)/test.npz --timesteps $(T) --force -o $(OUT)/html
+	$(SF) train --arch recurrent --hidden 96 64 --force -o $(OUT)/recurrent.sfg
+	$(SF) convert $(OUT)/recurrent.sfg --calib $(OUT)/calib.npz --force -o $(OUT)/net-recurrent.sfg
 	$(SF) simulate $(OUT)/net-recurrent.sfg --backend cpu --data $(OUT)/test.npz --timesteps $(T)
 	$(SF) verify $(OUT)/net-recurrent.sfg --backends cpu,lava,brian2 --data $(OUT)/test.npz --timesteps $(T) --limit 10
-	$(SF) train --arch cnn -o $(OUT)/cnn.onnx --calib-out $(OUT)/calib-cnn.npz --test-out $(OUT)/test-cnn.npz
-	$(SF) convert $(OUT)/cnn.onnx --calib $(OUT)/calib-cnn.npz -o $(OUT)/net-cnn.sfg
+	$(SF) train --arch cnn --force -o $(OUT)/cnn.onnx --calib-out $(OUT)/calib-cnn.npz --test-out $(OUT)/test-cnn.npz
+	$(SF) convert $(OUT)/cnn.onnx --calib $(OUT)/calib-cnn.npz --force -o $(OUT)/net-cnn.sfg
 	$(SF) simulate $(OUT)/net-cnn.sfg --backend cpu --data $(OUT)/test-cnn.npz --timesteps $(T)
 	$(SF) verify $(OUT)/net-cnn.sfg --backends cpu,lava,brian2 --data $(OUT)/test-cnn.npz --timesteps $(T) --limit 10
 	$(SF) hardware

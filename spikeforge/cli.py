@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from spikeforge import data
     from spikeforge import models  # type: ignore[attr-defined]  # the models/ folder (pyproject)
 
-    out = check_output(args.output, ".sfg" if args.arch == "recurrent" else ".onnx")
+    out = _new_output(args.output, ".sfg" if args.arch == "recurrent" else ".onnx", args.force)
     calib_out = check_output(args.calib_out or out.parent / "calib.npz", ".npz")
     test_out = check_output(args.test_out or out.parent / "test.npz", ".npz")
     official = data.has_official_split(args.data) and args.split == "official"
@@ -124,6 +124,16 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"of '{ds.name}' in {time.perf_counter() - t0:.1f} s; test accuracy {100 * acc:.2f}%")
     print(f"wrote {out}, calibration split {calib_out} ({len(splits.calib.y)}), test split {test_out} ({len(splits.test.y)})")
     return 0
+
+
+def _new_output(path: str | Path, suffix: str | None, force: bool) -> Path:
+    """An output the command may write: :func:`check_output`'s checks, and a file already
+    there is the user's: refused by name unless --force."""
+    out = check_output(path, suffix)
+    if out.exists() and not force:
+        raise SpikeforgeError(f"{out}: expected a new file, found an existing one (pass --force to "
+                              f"replace it, or name another)")
+    return out
 
 
 def _same_split(path: Path, part: "Dataset") -> bool:
@@ -206,6 +216,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = check_output(args.output, ".sfg")
     if out.resolve() == model.resolve():
         raise SpikeforgeError(f"-o {out}: expected a new file, found the input model's name")
+    _new_output(out, ".sfg", args.force)
     ann = _import_model(model, args.dt)
     if not ann.of_type(*ir.SYNAPSES):
         found = sorted({type(n).__name__ for n in ann.nodes} - {"Input", "Output"}) or ["no layers"]
@@ -286,14 +297,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.to == "netx" or (args.to is None and Path(args.output).suffix.lower() == ".net"):
         from spikeforge.converter.netx_io import export_netx
 
-        out = check_output(args.output, ".net")
+        out = _new_output(args.output, ".net", args.force)
         snn, _ = _graphs(args.graph)
         with _naming(args.graph):
             names = export_netx(snn, out)
         print(f"wrote {out} (lava-dl netx HDF5, {len(names)} layers: {', '.join(names)}; "
               f"load with netx.hdf5.Network(net_config, input_message_bits=8))")
         return 0
-    out = check_output(args.output, ".nir")
+    out = _new_output(args.output, ".nir", args.force)
     if not args.dt > 0:
         raise SpikeforgeError(f"--dt: expected a step length > 0 seconds, found {args.dt}")
     snn, _ = _graphs(args.graph)
@@ -470,9 +481,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise SpikeforgeError(f"{args.data}: analyze takes rates x; recorded spike trains run with simulate and verify")
     out = Path(args.output)
     if out.suffix.lower() == ".png":
-        check_output(out, ".png")  # that file
+        _new_output(out, ".png", args.force)  # that file
     else:
-        check_output(out / "analysis.png") if out.is_dir() else check_output(out)  # a folder
+        if out.exists() and not out.is_dir():
+            raise SpikeforgeError(f"-o {out}: expected a folder or a .png file name, found an existing file")
+        _new_output(out / "analysis.png", None, args.force) if out.is_dir() else check_output(out)  # a folder
     res = report(snn, ann, x, y, args.timesteps, out, encoding=args.encoding, seed=args.seed)
     if args.json:
         print(json.dumps(res))
@@ -498,7 +511,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise SpikeforgeError(f"-o {out}: expected a folder, found a file")
-    check_output(out / "index.html") if out.is_dir() else check_output(out)
+    if out.is_dir():
+        _new_output(out / "index.html", None, args.force)
+    else:
+        check_output(out)
     with _naming(args.graph):
         res = build(snn, ann, x, y, args.timesteps, out, args.encoding, args.seed, args.sample, args.graph)
     if args.json:
@@ -584,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an MNIST idx folder: 'official' keeps its split (t10k is the test set, calibration "
                         "from the train part), 'random' splits all samples 70/10/20%% like other data")
     t.add_argument("--force", action="store_true",
-                   help="overwrite calibration/test files that already exist with other data")
+                   help="replace an existing model file, and calibration/test files that hold other data")
     t.add_argument("-o", "--output", required=True)
     t.set_defaults(fn=cmd_train)
 
@@ -608,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--check-timesteps", type=_steps, default=32, help="T of that check (cpu backend)")
     c.add_argument("--json", action="store_true")
     c.add_argument("-o", "--output", required=True)
+    c.add_argument("--force", action="store_true", help="replace an existing output file")
     c.set_defaults(fn=cmd_convert)
 
     e = sub.add_parser("export", help="write a graph file's spiking network to NIR or lava-dl netx HDF5")
@@ -620,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "which snnTorch's import_from_nir runs as IF; sinabs: IF layers with reset by "
                         "subtraction (Sinabs' IAF), thresholds for its v >= threshold, no v_reset (nir <= 1.0.4)")
     e.add_argument("-o", "--output", required=True)
+    e.add_argument("--force", action="store_true", help="replace an existing output file")
     e.set_defaults(fn=cmd_export)
 
     for name, fn, helptext in (("simulate", cmd_simulate, "run a graph file on one backend"),
@@ -668,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true")
     a.add_argument("-o", "--output", required=True,
                    help="a .png file, or a folder for analysis.png (created in an existing folder)")
+    a.add_argument("--force", action="store_true", help="replace the outputs already there")
     a.set_defaults(fn=cmd_analyze)
 
     r = sub.add_parser("report", help="PNG figures and index.html: rasters, membrane traces, ANN vs SNN, "
@@ -681,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sample", type=int, default=0, help="the sample shown in the raster and traces")
     r.add_argument("--json", action="store_true")
     r.add_argument("-o", "--output", required=True, help="folder for index.html and the PNGs (created in an existing folder)")
+    r.add_argument("--force", action="store_true", help="replace the outputs already there")
     r.set_defaults(fn=cmd_report)
 
     k = sub.add_parser("check", help="does a graph fit a chip? lists every violation (exit 1 if any)")
