@@ -50,7 +50,7 @@ def test_convert_warns_naming_a_layer_whose_weights_were_zeroed(tmp_path, capsys
     text = capsys.readouterr().out
     assert "top-1 agreement with the ANN" in text
     assert "warning: layer 'readout':" in text and "non-zero weights quantized to 0" in text, text
-    assert main([*args, "--json"]) == 0
+    assert main([*args, "--json", "--force"]) == 0  # the same output again: asked for
     doc = json.loads(capsys.readouterr().out)
     check = doc["check"]
     assert check["samples"] == 200 and check["timesteps"] == 32
