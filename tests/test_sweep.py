@@ -4,6 +4,7 @@ real local Ray cluster gives one table; failed tasks are reported by grid point 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def test_workers_equal_serial_and_outputs(files):
     sim = simulate(snn, "cpu", ds.x.reshape(len(ds.x), -1), 8)
     row = next(r for r in serial["table"] if r["timesteps"] == 8 and r["encoding"] == "current")
     assert row["correct"] == int((sim.predictions == ds.y).sum())
+    rate = simulate(snn, "cpu", ds.x.reshape(len(ds.x), -1), 8, "rate")  # the default seed, as the sweep's
+    row = next(r for r in two["table"] if r["timesteps"] == 8 and r["encoding"] == "rate")
+    assert row["correct"] == int((rate.predictions == ds.y).sum())
     assert serial["ann_accuracy"] is not None
     csv_lines = (files / "serial.csv").read_text().strip().splitlines()
     assert csv_lines[0].startswith("timesteps,encoding,samples,correct,accuracy") and len(csv_lines) == 7
@@ -108,3 +112,57 @@ def test_bad_arguments(files):
     assert not (files / "x.json").exists()
     r = cli("simulate", "net.sfg", "--data", "test.npz", "--backend", "lava", "--device", "cuda", cwd=files)
     assert r.returncode == 2 and "--device cuda: only the cpu backend runs on a torch device" in r.stderr
+
+
+def test_rate_accuracy_is_simulate_s_for_any_shard_size(files):
+    """The rate code's stream is numbered by sample index with the one seed, as simulate's chunks."""
+    snn = graphio.load(files / "net.sfg")
+    ds = data.load(str(files / "test.npz"))
+    x = ds.x.reshape(len(ds.x), -1)
+    expected = {t: int((simulate(snn, "cpu", x, t, "rate", seed=5, memory_mb=0.05).predictions == ds.y).sum())
+                for t in (2, 4)}
+    for shard_size in (7, 64, 150):
+        res = sweep.sweep(files / "net.sfg", x, ds.y, [2, 4], ["rate"], shard_size=shard_size, seed=5)
+        assert {r.timesteps: r.correct for r in res.rows} == expected, shard_size
+
+
+def node_ip() -> str:
+    from ray._private.services import resolve_ip_for_localhost
+
+    return resolve_ip_for_localhost("127.0.0.1")
+
+
+def _written(d: Path, stem: str) -> list[str]:
+    return [p.name for p in d.glob(stem + ".*")]
+
+
+@pytest.mark.parametrize("address, found", [
+    ("nohost.invalid:1", "no Ray cluster answers there (host 'nohost.invalid' not found)"),
+    ("127.0.0.1:1", "no Ray cluster answers there ({host}:1: Connection refused)"),
+    ("nohost", "expected HOST:PORT, ray://HOST:PORT or auto, found 'nohost'"),
+])
+def test_ray_address_nobody_answers(files, address, found):
+    """One line and exit 2 within seconds (Ray itself retries such an address for ever)."""
+    r = run_cli("sweep", "net.sfg", "--data", "test.npz", "--timesteps", "4", "--ray", address, "-o", "r.json",
+                cwd=files, timeout=60)
+    host = node_ip()  # Ray connects to localhost through this node's IP
+    assert r.returncode == 2 and r.stderr.strip() == f"spikeforge: error: --ray {address}: {found.format(host=host)}"
+    assert not _written(files, "r")
+
+
+def test_ray_auto_resolves_ray_address(files, monkeypatch):
+    """'auto' is RAY_ADDRESS where set (Ray's rule), checked like an address given."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(sweep.SpikeforgeError, match=rf"^--ray auto: no Ray cluster answers there \({node_ip()}:1: "):
+        sweep.connect_ray("auto")
+
+
+def test_unknown_backend_before_any_task(files):
+    r = cli("sweep", "net.sfg", "--data", "test.npz", "--timesteps", "4", "--backend", "foo", "-o", "s.json",
+            cwd=files)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "spikeforge: error: --backend: expected one of cpu, brian2, lava, loihi, found 'foo'"
+    assert not _written(files, "s")
+    r = cli("sweep", "net.sfg", "--data", "test.npz", "--timesteps", "4,0", "-o", "s.json", cwd=files)
+    assert r.returncode == 2 and "--timesteps: expected integers >= 1, found 0" in r.stderr
+    assert not _written(files, "s")
