@@ -153,7 +153,7 @@ def test_ray_address_nobody_answers(files, address, found):
 def test_ray_auto_resolves_ray_address(files, monkeypatch):
     """'auto' is RAY_ADDRESS where set (Ray's rule), checked like an address given."""
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
-    with pytest.raises(sweep.SpikeforgeError, match=rf"^--ray auto: no Ray cluster answers there \({node_ip()}:1: "):
+    with pytest.raises(sweep.SpikeforgeError, match=rf"^--ray auto: no Ray cluster answers there \({re.escape(node_ip())}:1: "):
         sweep.connect_ray("auto")
 
 
