@@ -78,6 +78,11 @@ def test_workers_equal_serial_and_outputs(files):
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
 
 
+def serial_table(d: Path, timesteps: list[int], encodings: list[str]) -> list[dict]:
+    ds = data.load(str(d / "test.npz"))
+    return sweep.sweep(d / "net.sfg", ds.x, ds.y, timesteps, encodings, shard_size=40).table()
+
+
 def test_ray_equals_serial_and_failures_reported(files):
     import ray
 
@@ -90,8 +95,16 @@ def test_ray_equals_serial_and_failures_reported(files):
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
     try:
         remote = sweep.sweep(files / "net.sfg", x, y, ray_address="auto", **kw)
+        # another process joins the cluster at its address: the address check lets a real one through
+        address = ray.get_runtime_context().gcs_address
+        r = cli("sweep", "net.sfg", "--data", "test.npz", "--timesteps", "4", "--encoding", "rate",
+                "--shard-size", "40", "--ray", address, "-o", "joined.json", cwd=files)
     finally:
         ray.shutdown()
+    assert r.returncode == 0, r.stderr
+    joined = _load(files, "joined.json")
+    assert joined["runner"] == f"ray {address}" and not joined["failures"]
+    assert joined["table"] == serial_table(files, [4], ["rate"])
     assert remote.runner == "ray auto"
     assert remote.table() == serial.table()
     assert remote.failures == serial.failures
