@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -172,19 +173,38 @@ def _ray_endpoint(address: str) -> tuple[str, int]:
         if not host or not port.isdigit():
             raise SpikeforgeError(expected)
         return host.strip("[]"), int(port)
-    from ray._private.services import canonicalize_bootstrap_address, parse_address
+    from ray._private.services import canonicalize_bootstrap_address
 
     try:
-        target = canonicalize_bootstrap_address(address)
+        target = canonicalize_bootstrap_address(address) or ""
     except ConnectionError:
         raise SpikeforgeError(f"--ray {address}: expected a running Ray cluster on this machine (ray start --head), "
                               "found none") from None
     except ValueError:
         raise SpikeforgeError(expected) from None
-    parsed = parse_address(target) if target else None
-    if parsed is None or not str(parsed[1]).isdigit():
+    host, sep, port = target.rpartition(":")
+    if not host or not port.isdigit():
         raise SpikeforgeError(expected)
-    return parsed[0].strip("[]"), int(parsed[1])
+    return host.strip("[]"), int(port)
+
+
+def _unanswered(host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connect to host:port fails within ``timeout`` s (name look-up included), or None."""
+    why: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            why.append(None)
+        except socket.gaierror:
+            why.append(f"host '{host}' not found")
+        except OSError as exc:
+            why.append(f"{host}:{port}: {exc.strerror or exc}")
+
+    probe = threading.Thread(target=attempt, daemon=True)  # a look-up that hangs is left behind
+    probe.start()
+    probe.join(timeout)
+    return why[0] if why else f"could not connect to {host}:{port} within {timeout:g} s"
 
 
 def connect_ray(address: str, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
@@ -198,16 +218,9 @@ def connect_ray(address: str, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
     if ray.is_initialized():
         return
     host, port = _ray_endpoint(address)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except socket.gaierror:
-        raise SpikeforgeError(f"--ray {address}: no Ray cluster answers there (host '{host}' not found)") from None
-    except (socket.timeout, TimeoutError):
-        raise SpikeforgeError(f"--ray {address}: no Ray cluster answers there "
-                              f"(could not connect to {host}:{port} within {timeout:g} s)") from None
-    except OSError as exc:
-        raise SpikeforgeError(f"--ray {address}: no Ray cluster answers there "
-                              f"({host}:{port}: {exc.strerror or exc})") from None
+    why = _unanswered(host, port, timeout)
+    if why is not None:
+        raise SpikeforgeError(f"--ray {address}: no Ray cluster answers there ({why})")
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     except Exception as exc:

@@ -179,3 +179,28 @@ def test_unknown_backend_before_any_task(files):
     r = cli("sweep", "net.sfg", "--data", "test.npz", "--timesteps", "4,0", "-o", "s.json", cwd=files)
     assert r.returncode == 2 and "--timesteps: expected integers >= 1, found 0" in r.stderr
     assert not _written(files, "s")
+
+
+def test_ray_address_that_never_accepts():
+    """A listener whose accept queue is full drops connects (Linux): the check gives up after its timeout."""
+    import socket
+    import time
+
+    with socket.socket() as srv:
+        srv.bind(("", 0))
+        srv.listen(0)
+        port = srv.getsockname()[1]
+        held = [socket.socket() for _ in range(3)]
+        for c in held:
+            c.setblocking(False)
+            c.connect_ex((node_ip(), port))
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        with pytest.raises(sweep.SpikeforgeError) as err:
+            sweep.connect_ray(f"127.0.0.1:{port}", timeout=0.5)
+        seconds = time.perf_counter() - t0
+        for c in held:
+            c.close()
+    assert str(err.value) == (f"--ray 127.0.0.1:{port}: no Ray cluster answers there "
+                              f"(could not connect to {node_ip()}:{port} within 0.5 s)")
+    assert seconds < 5
