@@ -143,11 +143,28 @@ def _serial(args_list: list[TaskArgs]) -> list[TaskResult]:
     return [run_task(*a) for a in args_list]
 
 
+def _worker_start(backend: str) -> None:
+    """A spawned worker fixes the start method to 'spawn'; Lava's import sets 'fork' (and fails
+    on a fixed one): unfixed, then Lava imported, before the worker's first task."""
+    if backend == "lava":
+        import multiprocessing as mp
+
+        from spikeforge.backends.lava_backend import import_lava
+
+        mp.set_start_method(None, force=True)  # type: ignore[arg-type]
+        try:
+            import_lava()
+        except SpikeforgeError:
+            pass  # each task reports it
+
+
 def _workers(args_list: list[TaskArgs], workers: int) -> list[TaskResult]:
     import multiprocessing as mp
 
     out = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    backend = args_list[0][1] if args_list else "cpu"
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_worker_start, initargs=(backend,)) as pool:
         futures = {pool.submit(run_task, *a): a[3] for a in args_list}
         for f in as_completed(futures):
             try:

@@ -204,3 +204,13 @@ def test_ray_address_that_never_accepts():
     assert str(err.value) == (f"--ray 127.0.0.1:{port}: no Ray cluster answers there "
                               f"(could not connect to {node_ip()}:{port} within 0.5 s)")
     assert seconds < 5
+
+
+def test_lava_in_worker_processes(files):
+    """Spawned workers import Lava (which sets the 'fork' start method); lava is cpu's spikes."""
+    ds = data.load(str(files / "test.npz"))
+    x, y = ds.x[:12], ds.y[:12]
+    kw = dict(timesteps=[4], encodings=["rate"], shard_size=6, seed=2)
+    lava = sweep.sweep(files / "net.sfg", x, y, backend="lava", workers=2, **kw)
+    assert not lava.failures, lava.failures
+    assert lava.table() == sweep.sweep(files / "net.sfg", x, y, **kw).table()
