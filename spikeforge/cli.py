@@ -407,11 +407,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise SpikeforgeError(f"{what}: expected comma-separated integers, found {text!r}") from None
 
     _device_backend(args)
-    snn, ann = _graphs(args.graph)
-    x, y = _samples(snn, args.data, args.limit)
-    sweep.outputs(args.output)
     timesteps = ints(args.timesteps, "--timesteps")
     encodings = [e.strip() for e in args.encoding.split(",") if e.strip()]
+    sweep.plan(timesteps, encodings, 0, args.shard_size)  # the arguments, before the data is read
+    sweep.outputs(args.output)
+    sweep.check(args.backend, args.device, args.ray)
+    snn, ann = _graphs(args.graph)
+    x, y = _samples(snn, args.data, args.limit)
     with _naming(args.graph):
         res = sweep.sweep(args.graph, x, y, timesteps, encodings, args.backend, args.device, args.workers,
                           args.ray, args.shard_size, args.seed, ann)

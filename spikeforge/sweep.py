@@ -1,10 +1,12 @@
 """Accuracy over a grid of (T, encoding), the data set in shards, evaluated in parallel: in this
 process, in local worker processes, or as tasks on a Ray cluster (``pip install spikeforge[ray]``).
 
-Each task is one (grid point, shard) pair and a pure function of it: the shard's payloads are
-encoded with seed ``seed + start`` and its stochastic streams numbered from ``start`` (the
-sample index of the shard's first sample), so the table does not depend on how the tasks are
-spread. A task that fails is reported by grid point and shard; the others still count.
+Each task is one (grid point, shard) pair and a pure function of it: the shard's rate code and
+stochastic streams are numbered from ``start`` (the sample index of the shard's first sample)
+with the sweep's one seed, as runner.simulate numbers its chunks, so the table does not depend
+on the shard size or on how the tasks are spread, and equals simulate's. The arguments (backend,
+Ray address) are checked before any task runs; a task that fails is reported by grid point and
+shard; the others still count.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import csv
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -95,6 +99,10 @@ _PROGRAMS: dict[tuple[str, str, str], tuple[Backend, Any, Network]] = {}
 TaskArgs = tuple[bytes, str, str, Task, np.ndarray, np.ndarray, int]
 
 
+def _options(backend: str, device: str) -> dict[str, Any]:
+    return {"device": device, "threads": 1} if backend == "cpu" else {}
+
+
 def _program(graph_bytes: bytes, backend: str, device: str) -> tuple[Backend, Any, Network]:
     """The compiled graph for these file bytes, cached per process."""
     from spikeforge import graphio
@@ -107,8 +115,7 @@ def _program(graph_bytes: bytes, backend: str, device: str) -> tuple[Backend, An
             path = Path(tmp) / "net.sfg"
             path.write_bytes(graph_bytes)
             snn = graphio.load(path)
-        opts = {"device": device, "threads": 1} if backend == "cpu" else {}
-        be = get_backend(backend, **opts)
+        be = get_backend(backend, **_options(backend, device))
         _PROGRAMS[key] = (be, be.compile(snn), lower(snn))
     return _PROGRAMS[key]
 
@@ -122,7 +129,7 @@ def run_task(graph_bytes: bytes, backend: str, device: str, task: Task, x: np.nd
     t0 = time.perf_counter()
     try:
         be, prog, net = _program(graph_bytes, backend, device)
-        payloads = _payloads(net, x, task.timesteps, task.encoding, seed + task.start)  # as runner.simulate
+        payloads = _payloads(net, x, task.timesteps, task.encoding, seed, task.start)  # as runner._chunks
         extra = {"record": [net.readout]} if backend == "cpu" else {}
         result = be.run(prog, payloads, sample_offset=task.start, **extra)
         correct = int((result.predictions == np.asarray(y)).sum())
@@ -136,11 +143,28 @@ def _serial(args_list: list[TaskArgs]) -> list[TaskResult]:
     return [run_task(*a) for a in args_list]
 
 
+def _worker_start(backend: str) -> None:
+    """A spawned worker fixes the start method to 'spawn'; Lava's import sets 'fork' (and fails
+    on a fixed one): unfixed, then Lava imported, before the worker's first task."""
+    if backend == "lava":
+        import multiprocessing as mp
+
+        from spikeforge.backends.lava_backend import import_lava
+
+        mp.set_start_method(None, force=True)  # type: ignore[arg-type]
+        try:
+            import_lava()
+        except SpikeforgeError:
+            pass  # each task reports it
+
+
 def _workers(args_list: list[TaskArgs], workers: int) -> list[TaskResult]:
     import multiprocessing as mp
 
     out = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    backend = args_list[0][1] if args_list else "cpu"
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_worker_start, initargs=(backend,)) as pool:
         futures = {pool.submit(run_task, *a): a[3] for a in args_list}
         for f in as_completed(futures):
             try:
@@ -151,16 +175,79 @@ def _workers(args_list: list[TaskArgs], workers: int) -> list[TaskResult]:
     return out
 
 
-def _ray(args_list: list[TaskArgs], address: str) -> list[TaskResult]:
+#: Seconds that connect_ray waits for the cluster's address to answer.
+RAY_CONNECT_TIMEOUT = 10.0
+
+
+def _ray_endpoint(address: str) -> tuple[str, int]:
+    """(host, port) that ray.init(address) connects to: HOST:PORT (localhost as this node's IP,
+    as Ray resolves it), ray://HOST[:PORT] (Ray Client, port 10001) or 'auto' (RAY_ADDRESS, else
+    the cluster that ``ray start`` recorded on this machine)."""
+    expected = f"--ray {address}: expected HOST:PORT, ray://HOST:PORT or auto, found '{address}'"
+    if address.startswith("ray://"):
+        host, sep, port = address.removeprefix("ray://").partition("/")[0].rpartition(":")
+        host, port = (host, port) if sep else (port, "10001")
+        if not host or not port.isdigit():
+            raise SpikeforgeError(expected)
+        return host.strip("[]"), int(port)
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        target = canonicalize_bootstrap_address(address) or ""
+    except ConnectionError:
+        raise SpikeforgeError(f"--ray {address}: expected a running Ray cluster on this machine (ray start --head), "
+                              "found none") from None
+    except ValueError:
+        raise SpikeforgeError(expected) from None
+    host, sep, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SpikeforgeError(expected)
+    return host.strip("[]"), int(port)
+
+
+def _unanswered(host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connect to host:port fails within ``timeout`` s (name look-up included), or None."""
+    why: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            why.append(None)
+        except socket.gaierror:
+            why.append(f"host '{host}' not found")
+        except OSError as exc:
+            why.append(f"{host}:{port}: {exc.strerror or exc}")
+
+    probe = threading.Thread(target=attempt, daemon=True)  # a look-up that hangs is left behind
+    probe.start()
+    probe.join(timeout)
+    return why[0] if why else f"could not connect to {host}:{port} within {timeout:g} s"
+
+
+def connect_ray(address: str, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
+    """ray.init on the cluster at ``address`` (unless Ray is already initialised), after a TCP
+    connect to it within ``timeout`` s: an address where nothing answers is one error, not
+    Ray's endless reconnect."""
     try:
         import ray
     except ImportError:
         raise SpikeforgeError("--ray: Ray is not installed (pip install 'spikeforge[ray]')") from None
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        except Exception as exc:
-            raise SpikeforgeError(f"--ray {address}: cannot connect to a Ray cluster ({exc})".splitlines()[0]) from None
+    if ray.is_initialized():
+        return
+    host, port = _ray_endpoint(address)
+    why = _unanswered(host, port, timeout)
+    if why is not None:
+        raise SpikeforgeError(f"--ray {address}: no Ray cluster answers there ({why})")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:
+        raise SpikeforgeError(f"--ray {address}: cannot connect to a Ray cluster ({exc})".splitlines()[0]) from None
+
+
+def _ray(args_list: list[TaskArgs], address: str) -> list[TaskResult]:
+    import ray
+
+    connect_ray(address)
     if not args_list:
         return []
     remote = ray.remote(num_cpus=1, max_retries=1)(run_task)
@@ -175,6 +262,18 @@ def _ray(args_list: list[TaskArgs], address: str) -> list[TaskResult]:
     return out
 
 
+def check(backend: str, device: str = "cpu", ray_address: str | None = None) -> None:
+    """The arguments that every task would fail on, checked before any runs: the backend's
+    name and options, and (``ray_address``) that a Ray cluster answers there (connect_ray)."""
+    from spikeforge.backends import backend_names, get_backend
+
+    if backend not in backend_names():
+        raise SpikeforgeError(f"--backend: expected one of {', '.join(backend_names())}, found '{backend}'")
+    get_backend(backend, **_options(backend, device))
+    if ray_address:
+        connect_ray(ray_address)
+
+
 def sweep(graph_path: str | os.PathLike[str], x: np.ndarray, y: np.ndarray, timesteps: Sequence[int],
           encodings: Sequence[str] = ("current",), backend: str = "cpu", device: str = "cpu",
           workers: int = 1, ray_address: str | None = None, shard_size: int = SHARD_SIZE,
@@ -187,6 +286,7 @@ def sweep(graph_path: str | os.PathLike[str], x: np.ndarray, y: np.ndarray, time
 
     x, y = _as_samples(x), np.asarray(y)  # rates (samples, features) or spike trains (samples, T, inputs)
     tasks = plan(timesteps, encodings, len(x), shard_size)
+    check(backend, device, ray_address)
     args_list: list[TaskArgs] = [(graph_bytes, backend, device, t, x[t.start:t.stop], y[t.start:t.stop], seed) for t in tasks]
     t0 = time.perf_counter()
     if ray_address:

@@ -4,6 +4,7 @@ real local Ray cluster gives one table; failed tasks are reported by grid point 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def test_workers_equal_serial_and_outputs(files):
     sim = simulate(snn, "cpu", ds.x.reshape(len(ds.x), -1), 8)
     row = next(r for r in serial["table"] if r["timesteps"] == 8 and r["encoding"] == "current")
     assert row["correct"] == int((sim.predictions == ds.y).sum())
+    rate = simulate(snn, "cpu", ds.x.reshape(len(ds.x), -1), 8, "rate")  # the default seed, as the sweep's
+    row = next(r for r in two["table"] if r["timesteps"] == 8 and r["encoding"] == "rate")
+    assert row["correct"] == int((rate.predictions == ds.y).sum())
     assert serial["ann_accuracy"] is not None
     csv_lines = (files / "serial.csv").read_text().strip().splitlines()
     assert csv_lines[0].startswith("timesteps,encoding,samples,correct,accuracy") and len(csv_lines) == 7
@@ -72,6 +76,11 @@ def test_workers_equal_serial_and_outputs(files):
 
     img = matplotlib.image.imread(files / "serial.png")
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def serial_table(d: Path, timesteps: list[int], encodings: list[str]) -> list[dict]:
+    ds = data.load(str(d / "test.npz"))
+    return sweep.sweep(d / "net.sfg", ds.x, ds.y, timesteps, encodings, shard_size=40).table()
 
 
 def test_ray_equals_serial_and_failures_reported(files):
@@ -86,8 +95,16 @@ def test_ray_equals_serial_and_failures_reported(files):
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
     try:
         remote = sweep.sweep(files / "net.sfg", x, y, ray_address="auto", **kw)
+        # another process joins the cluster at its address: the address check lets a real one through
+        address = ray.get_runtime_context().gcs_address
+        r = cli("sweep", "net.sfg", "--data", "test.npz", "--timesteps", "4", "--encoding", "rate",
+                "--shard-size", "40", "--ray", address, "-o", "joined.json", cwd=files)
     finally:
         ray.shutdown()
+    assert r.returncode == 0, r.stderr
+    joined = _load(files, "joined.json")
+    assert joined["runner"] == f"ray {address}" and not joined["failures"]
+    assert joined["table"] == serial_table(files, [4], ["rate"])
     assert remote.runner == "ray auto"
     assert remote.table() == serial.table()
     assert remote.failures == serial.failures
@@ -108,3 +125,92 @@ def test_bad_arguments(files):
     assert not (files / "x.json").exists()
     r = cli("simulate", "net.sfg", "--data", "test.npz", "--backend", "lava", "--device", "cuda", cwd=files)
     assert r.returncode == 2 and "--device cuda: only the cpu backend runs on a torch device" in r.stderr
+
+
+def test_rate_accuracy_is_simulate_s_for_any_shard_size(files):
+    """The rate code's stream is numbered by sample index with the one seed, as simulate's chunks."""
+    snn = graphio.load(files / "net.sfg")
+    ds = data.load(str(files / "test.npz"))
+    x = ds.x.reshape(len(ds.x), -1)
+    expected = {t: int((simulate(snn, "cpu", x, t, "rate", seed=5, memory_mb=0.05).predictions == ds.y).sum())
+                for t in (2, 4)}
+    for shard_size in (7, 64, 150):
+        res = sweep.sweep(files / "net.sfg", x, ds.y, [2, 4], ["rate"], shard_size=shard_size, seed=5)
+        assert {r.timesteps: r.correct for r in res.rows} == expected, shard_size
+
+
+def node_ip() -> str:
+    from ray._private.services import resolve_ip_for_localhost
+
+    return resolve_ip_for_localhost("127.0.0.1")
+
+
+def _written(d: Path, stem: str) -> list[str]:
+    return [p.name for p in d.glob(stem + ".*")]
+
+
+@pytest.mark.parametrize("address, found", [
+    ("nohost.invalid:1", "no Ray cluster answers there (host 'nohost.invalid' not found)"),
+    ("127.0.0.1:1", "no Ray cluster answers there ({host}:1: Connection refused)"),
+    ("nohost", "expected HOST:PORT, ray://HOST:PORT or auto, found 'nohost'"),
+])
+def test_ray_address_nobody_answers(files, address, found):
+    """One line and exit 2 within seconds (Ray itself retries such an address for ever)."""
+    r = run_cli("sweep", "net.sfg", "--data", "test.npz", "--timesteps", "4", "--ray", address, "-o", "r.json",
+                cwd=files, timeout=60)
+    host = node_ip()  # Ray connects to localhost through this node's IP
+    assert r.returncode == 2 and r.stderr.strip() == f"spikeforge: error: --ray {address}: {found.format(host=host)}"
+    assert not _written(files, "r")
+
+
+def test_ray_auto_resolves_ray_address(files, monkeypatch):
+    """'auto' is RAY_ADDRESS where set (Ray's rule), checked like an address given."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(sweep.SpikeforgeError, match=rf"^--ray auto: no Ray cluster answers there \({re.escape(node_ip())}:1: "):
+        sweep.connect_ray("auto")
+
+
+def test_unknown_backend_before_any_task(files):
+    r = cli("sweep", "net.sfg", "--data", "test.npz", "--timesteps", "4", "--backend", "foo", "-o", "s.json",
+            cwd=files)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "spikeforge: error: --backend: expected one of cpu, brian2, lava, loihi, found 'foo'"
+    assert not _written(files, "s")
+    r = cli("sweep", "net.sfg", "--data", "test.npz", "--timesteps", "4,0", "-o", "s.json", cwd=files)
+    assert r.returncode == 2 and "--timesteps: expected integers >= 1, found 0" in r.stderr
+    assert not _written(files, "s")
+
+
+def test_ray_address_that_never_accepts():
+    """A listener whose accept queue is full drops connects (Linux): the check gives up after its timeout."""
+    import socket
+    import time
+
+    with socket.socket() as srv:
+        srv.bind(("", 0))
+        srv.listen(0)
+        port = srv.getsockname()[1]
+        held = [socket.socket() for _ in range(3)]
+        for c in held:
+            c.setblocking(False)
+            c.connect_ex((node_ip(), port))
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        with pytest.raises(sweep.SpikeforgeError) as err:
+            sweep.connect_ray(f"127.0.0.1:{port}", timeout=0.5)
+        seconds = time.perf_counter() - t0
+        for c in held:
+            c.close()
+    assert str(err.value) == (f"--ray 127.0.0.1:{port}: no Ray cluster answers there "
+                              f"(could not connect to {node_ip()}:{port} within 0.5 s)")
+    assert seconds < 5
+
+
+def test_lava_in_worker_processes(files):
+    """Spawned workers import Lava (which sets the 'fork' start method); lava is cpu's spikes."""
+    ds = data.load(str(files / "test.npz"))
+    x, y = ds.x[:12], ds.y[:12]
+    kw = dict(timesteps=[4], encodings=["rate"], shard_size=6, seed=2)
+    lava = sweep.sweep(files / "net.sfg", x, y, backend="lava", workers=2, **kw)
+    assert not lava.failures, lava.failures
+    assert lava.table() == sweep.sweep(files / "net.sfg", x, y, **kw).table()
