@@ -222,7 +222,7 @@ def reset_hint(graph: ir.Graph, problems: list[str]) -> str | None:
     source = graph.metadata.get("source", "MODEL")
     what = ("makes it fit" if len(resets) == len(problems)
             else f"removes the {len(resets)} reset violation{'s' if len(resets) > 1 else ''}")
-    return (f"'spikeforge convert {source} --reset zero' {what} (reset to zero is Loihi 2's "
+    return (f"'spikeforge convert {source} --calib CALIB.npz --reset zero -o NET.sfg' {what} (reset to zero is Loihi 2's "
             f"native reset; reset by subtraction runs on the lava simulator only)")
 
 

@@ -110,7 +110,7 @@ def _read(source: "str | Path | nir.NIRGraph") -> tuple["nir.NIRGraph", str]:
         return source, "NIR graph"
     path = Path(source)
     if not path.is_file():
-        raise SpikeforgeError(f"{path}: no such file (expected a NIR graph)")
+        raise SpikeforgeError(f"{path}: {'a folder' if path.is_dir() else 'no such file'} (expected a NIR graph)")
     return _read_isolated(path), str(path)
 
 

@@ -517,7 +517,7 @@ def _read(path: Path) -> Any:
     import onnx
 
     if not path.is_file():
-        raise OnnxImportError(f"{path}: no such file (expected an ONNX model)")
+        raise OnnxImportError(f"{path}: {'a folder' if path.is_dir() else 'no such file'} (expected an ONNX model)")
     try:
         model = onnx.load(str(path))  # external data (m.onnx.data) is read from the model's folder
         onnx.checker.check_model(model)

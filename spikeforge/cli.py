@@ -410,7 +410,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     timesteps = ints(args.timesteps, "--timesteps")
     encodings = [e.strip() for e in args.encoding.split(",") if e.strip()]
     sweep.plan(timesteps, encodings, 0, args.shard_size)  # the arguments, before the data is read
-    sweep.outputs(args.output)
+    for path in sweep.outputs(args.output):  # sweep.json, .csv and .png: none replaced unasked
+        _new_output(path, None, args.force)
     sweep.check(args.backend, args.device, args.ray)
     snn, ann = _graphs(args.graph)
     x, y = _samples(snn, args.data, args.limit)
@@ -472,12 +473,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+NO_ANN = ("no source ANN stored in the file (convert of an ONNX, torch or ANN .sfg model keeps it; "
+          "a graph from a NIR file has none)")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from spikeforge.analysis import report
 
     snn, ann = _graphs(args.graph)
     if ann is None:
-        raise SpikeforgeError(f"{args.graph}: no source ANN stored in the file (convert writes one)")
+        raise SpikeforgeError(f"{args.graph}: {NO_ANN}")
     x, y = _samples(snn, args.data, args.limit)
     if x.ndim == 3:
         raise SpikeforgeError(f"{args.data}: analyze takes rates x; recorded spike trains run with simulate and verify")
@@ -508,7 +513,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     snn, ann = _graphs(args.graph)
     if ann is None:
-        raise SpikeforgeError(f"{args.graph}: no source ANN stored in the file (convert writes one)")
+        raise SpikeforgeError(f"{args.graph}: {NO_ANN}")
     x, y = _samples(snn, args.data, args.limit)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
@@ -676,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=_seed, default=0)
     w.add_argument("--json", action="store_true")
     w.add_argument("-o", "--output", default="sweep.json", help="the JSON table; .csv and .png beside it")
+    w.add_argument("--force", action="store_true", help="replace the JSON, CSV and PNG already there")
     w.set_defaults(fn=cmd_sweep)
 
     a = sub.add_parser("analyze", help="per-layer ANN vs SNN rates, accuracy against T, raster (PNG)")

@@ -17,12 +17,12 @@ def check_output(path: str | os.PathLike[str], suffix: str | None = None) -> Pat
     folder as file name, or (with ``suffix``) the wrong file type."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise SpikeforgeError(f"{path}: expected a file name{f' ending in {suffix}' if suffix else ''}, found a folder")
     if suffix is not None and path.suffix.lower() != suffix:
         raise SpikeforgeError(f"{path}: expected an output file name ending in {suffix}, found '{path.suffix or 'none'}'")
     if not folder.is_dir():
         raise SpikeforgeError(f"{path}: expected an existing folder {folder}, found nothing")
-    if path.is_dir():
-        raise SpikeforgeError(f"{path}: expected a file name, found a folder")
     if not os.access(folder, os.W_OK):
         raise SpikeforgeError(f"{path}: folder {folder} is not writable")
     return path

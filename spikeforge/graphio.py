@@ -344,7 +344,7 @@ def load_all(path: str | Path) -> dict[str, ir.Graph]:
     """Read every graph in a file. Raises GraphFileError with the file name on any problem."""
     path = Path(path)
     if not path.is_file():
-        raise GraphFileError(f"{path}: no such file (expected a spikeforge graph file)")
+        raise GraphFileError(f"{path}: {'a folder' if path.is_dir() else 'no such file'} (expected a spikeforge graph file)")
     if not zipfile.is_zipfile(path):
         raise GraphFileError(f"{path}: not a spikeforge graph file (expected a zip archive written by 'spikeforge convert')")
     with Archive(path, GraphFileError) as zf:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,9 @@ def test_simulate_on_lava_text_output(workdir):
     (["convert", "model.onnx", "--calib", "calib.npz", "-o", "x.onnx"], "x.onnx: expected an output file name ending in .sfg"),
     (["convert", "model.onnx", "-o", "x.sfg"], "--calib: required to normalize the ANN"),
     (["export", "net.sfg", "-o", "nodir/x.nir"], "nodir/x.nir: expected an existing folder nodir"),
+    (["export", "net.sfg", "-o", "."], ".: expected a file name ending in .nir, found a folder"),
+    (["inspect", "adir.sfg"], "adir.sfg: a folder (expected a spikeforge graph file)"),
+    (["convert", "adir.onnx", "--calib", "calib.npz", "-o", "x.sfg"], "adir.onnx: a folder (expected an ONNX model)"),
     (["simulate", "net.sfg", "--backend", "loihi", "--data", "test.npz"], "net.sfg: graph does not fit Loihi 2"),
 ])
 def test_errors_are_one_line_and_nonzero(workdir, capsys, args, message):
@@ -78,6 +82,8 @@ def test_errors_are_one_line_and_nonzero(workdir, capsys, args, message):
 
     np.savez(workdir / "bigy.npz", x=np.full((4, 64), 0.5), y=np.arange(10, 14))
     np.savez(workdir / "feat.npz", x=np.full((4, 60), 0.5), y=np.arange(4))
+    for folder in ("adir.sfg", "adir.onnx"):
+        (workdir / folder).mkdir(exist_ok=True)
     if not (workdir / "net.sfg").exists():
         assert main(["convert", str(workdir / "model.onnx"), "--calib", str(workdir / "calib.npz"),
                      "-o", str(workdir / "net.sfg")]) == 0
@@ -154,9 +160,9 @@ def test_check_lists_loihi2_violations(workdir):
     run_cli("convert", "model.onnx", "--calib", "calib.npz", "--reset", "subtract", "-o", "sub.sfg", cwd=workdir)
     r = run_cli("check", "sub.sfg", cwd=workdir)
     assert r.returncode == 1 and "reset='subtract'" in r.stdout and "'readout'" in r.stdout
-    assert "hint: 'spikeforge convert model.onnx --reset zero' makes it fit" in r.stdout
+    assert "hint: 'spikeforge convert model.onnx --calib CALIB.npz --reset zero -o NET.sfg' makes it fit" in r.stdout
     r = run_cli("check", "sub.sfg", "--json", cwd=workdir)
-    assert "--reset zero' makes it fit" in json.loads(r.stdout)["hint"]
+    assert "--reset zero -o NET.sfg' makes it fit" in json.loads(r.stdout)["hint"]
     r = run_cli("simulate", "zero.sfg", "--backend", "loihi", "--data", "test.npz", cwd=workdir)
     assert r.returncode == 2 and "lava-loihi" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -289,3 +295,28 @@ def test_recorded_spike_input_simulates_and_verifies_everywhere(workdir):
     assert ver["reference_spikes"] > 0
     for b in ("lava", "brian2"):
         assert ver["backends"][b]["mismatched_spikes"] == 0 and ver["backends"][b]["spikes"] == ver["reference_spikes"]
+
+
+def test_existing_outputs_are_replaced_only_when_asked(tmp_path, copy_demo):
+    """Every -o replaced a user's file silently (only train's data splits were protected)."""
+    d = copy_demo(tmp_path)
+    r = run_cli("convert", "model.onnx", "--calib", "calib.npz", "--check-samples", "0", "-o", "net.sfg", cwd=d)
+    assert r.returncode == 0, r.stderr
+    runs = {"m.onnx": ["train", "--epochs", "1", "-o", "m.onnx"],
+            "c.sfg": ["convert", "model.onnx", "--calib", "calib.npz", "-o", "c.sfg"],
+            "n.nir": ["export", "net.sfg", "-o", "n.nir"],
+            "n.net": ["export", "net.sfg", "--to", "netx", "-o", "n.net"],
+            "a.png": ["analyze", "net.sfg", "--data", "test.npz", "--limit", "5", "-o", "a.png"],
+            "s.csv": ["sweep", "net.sfg", "--data", "test.npz", "--timesteps", "4", "--limit", "5",
+                      "--workers", "1", "-o", "s.json"]}  # the CSV beside the JSON counts too
+    for name, args in runs.items():
+        (d / name).write_text("the user's own file\n")
+        r = run_cli(*args, cwd=d)
+        assert r.returncode == 2, (name, r.stdout, r.stderr)
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and f"{name}: expected a new file, found an existing one (pass --force" in err[0], err
+        assert (d / name).read_text() == "the user's own file\n"
+    assert not (d / "s.json").exists()
+    r = run_cli("convert", "model.onnx", "--calib", "calib.npz", "--check-samples", "0", "--force", "-o", "c.sfg", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert zipfile.is_zipfile(d / "c.sfg")

@@ -391,7 +391,7 @@ def test_check_file_for_the_cli(tmp_path):
     assert code == 1
     assert text.splitlines() == [f"{bad}: does not fit loihi2: 6 violations"] + [
         f"  - {p}" for p in LOIHI2_VIOLATIONS] + [
-        "hint: 'spikeforge convert MODEL --reset zero' removes the 1 reset violation (reset to zero "
+        "hint: 'spikeforge convert MODEL --calib CALIB.npz --reset zero -o NET.sfg' removes the 1 reset violation (reset to zero "
         "is Loihi 2's native reset; reset by subtraction runs on the lava simulator only)"]
     assert check_file(good) == (0, f"{good}: fits loihi2")
     code, text = check_file(bad, as_json=True)
