@@ -27,8 +27,8 @@ def main() -> None:
     args = p.parse_args()
     d = args.workdir or Path(tempfile.mkdtemp(prefix="sf-interrupts-"))
     if not (d / "net.sfg").exists():
-        for a in (["train", "--hidden", "64", "--epochs", "10", "-o", "model.onnx"],
-                  ["convert", "model.onnx", "--calib", "calib.npz", "-o", "net.sfg"]):
+        for a in (["train", "--hidden", "64", "--epochs", "10", "--force", "-o", "model.onnx"],
+                  ["convert", "model.onnx", "--calib", "calib.npz", "--force", "-o", "net.sfg"]):
             subprocess.run([*CLI, *a], cwd=d, env=ENV, check=True, capture_output=True)
     for name, signals, code in (("2x SIGINT", [signal.SIGINT, signal.SIGINT], 130),
                                 ("SIGTERM", [signal.SIGTERM], 143)):
