@@ -217,6 +217,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if out.resolve() == model.resolve():
         raise SpikeforgeError(f"-o {out}: expected a new file, found the input model's name")
     _new_output(out, ".sfg", args.force)
+    if args.percentile != 99.9 and args.normalize != "percentile":
+        raise SpikeforgeError(f"--percentile {args.percentile}: applies to --normalize percentile, "
+                              f"found --normalize {args.normalize}")
     ann = _import_model(model, args.dt)
     if not ann.of_type(*ir.SYNAPSES):
         found = sorted({type(n).__name__ for n in ann.nodes} - {"Input", "Output"}) or ["no layers"]

@@ -65,6 +65,8 @@ def test_simulate_on_lava_text_output(workdir):
     (["simulate", "net.sfg", "--data", "test.npz", "--backend", "gpu"], "backend: expected one of cpu"),
     (["convert", "calib.npz", "--calib", "calib.npz", "-o", "x.sfg"], "calib.npz: expected a model file ending in .onnx, .sfg"),
     (["convert", "model.onnx", "--calib", "calib.npz", "--percentile", "0", "-o", "x.sfg"], "percentile: expected a value in (0, 100]"),
+    (["convert", "model.onnx", "--calib", "calib.npz", "--normalize", "none", "--percentile", "50", "-o", "x.sfg"],
+     "--percentile 50.0: applies to --normalize percentile, found --normalize none"),
     (["verify", "net.sfg", "--backends", "cpu", "--data", "test.npz"], "backends: expected at least two"),
     (["verify", "net.sfg", "--backends", "cpu,cpu", "--data", "test.npz"], "--backends: expected different backends"),
     (["simulate", "net.sfg", "--data", "bigy.npz"], "bigy.npz: expected labels in [0, 9]"),
