@@ -476,6 +476,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+OTHER_FORMATS = (".pdf", ".svg", ".eps", ".ps", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".webp", ".bmp",
+                 ".html", ".json", ".csv", ".npz", ".sfg", ".nir", ".onnx")
 NO_ANN = ("no source ANN stored in the file (convert of an ONNX, torch or ANN .sfg model keeps it; "
           "a graph from a NIR file has none)")
 
@@ -495,6 +497,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         if out.exists() and not out.is_dir():
             raise SpikeforgeError(f"-o {out}: expected a folder or a .png file name, found an existing file")
+        if out.suffix.lower() in OTHER_FORMATS:  # would become a folder of that name
+            raise SpikeforgeError(f"-o {out}: expected a folder or a .png file name, found a '{out.suffix}' "
+                                  f"file name (analyze writes PNG)")
         _new_output(out / "analysis.png", None, args.force) if out.is_dir() else check_output(out)  # a folder
     res = report(snn, ann, x, y, args.timesteps, out, encoding=args.encoding, seed=args.seed)
     if args.json:

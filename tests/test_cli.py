@@ -76,6 +76,7 @@ def test_simulate_on_lava_text_output(workdir):
     (["export", "net.sfg", "-o", "nodir/x.nir"], "nodir/x.nir: expected an existing folder nodir"),
     (["export", "net.sfg", "-o", "."], ".: expected a file name ending in .nir, found a folder"),
     (["inspect", "adir.sfg"], "adir.sfg: a folder (expected a spikeforge graph file)"),
+    (["analyze", "net.sfg", "--data", "test.npz", "-o", "rep.pdf"], "-o rep.pdf: expected a folder or a .png file name, found a '.pdf'"),
     (["convert", "adir.onnx", "--calib", "calib.npz", "-o", "x.sfg"], "adir.onnx: a folder (expected an ONNX model)"),
     (["simulate", "net.sfg", "--backend", "loihi", "--data", "test.npz"], "net.sfg: graph does not fit Loihi 2"),
 ])
