@@ -168,18 +168,22 @@ def _fold_pool(ed: _Edit, pool: ir.AvgPool2d, names: set[str]) -> None:
     ed.remove(pool.name)
 
 
+def _feeds_readout(ed: _Edit, cat: ir.Concat) -> bool:
+    """The Concat reaches the Output through a consumer and its successor (Flatten, Gemm)."""
+    return any(isinstance(ed.nodes[d], ir.Output) for s in ed.succs(cat.name) for a in ed.succs(s)
+               for d in ed.succs(a))
+
+
 def _splittable(ed: _Edit, cat: ir.Concat) -> bool:
     """Whether every consumer of the Concat can be split by input: a Conv2d (groups 1) or a
     Flatten and Gemm whose pieces feed a hidden layer (the readout's input must be one map)."""
+    if _feeds_readout(ed, cat):
+        return False
     for s in ed.succs(cat.name):
         node, targets = ed.nodes[s], ed.succs(s)
-        if isinstance(node, ir.Conv2d) and node.groups == 1:
-            continue
-        if isinstance(node, ir.Flatten) and len(node.out_shape) == 1 and all(
-                isinstance(ed.nodes[a], ir.Affine) and not any(isinstance(ed.nodes[d], ir.Output) for d in ed.succs(a))
-                for a in targets):
-            continue
-        return False
+        if not (isinstance(node, ir.Conv2d) and node.groups == 1 or isinstance(node, ir.Flatten)
+                and len(node.out_shape) == 1 and all(isinstance(ed.nodes[a], ir.Affine) for a in targets)):
+            return False
     return True
 
 
@@ -221,8 +225,7 @@ def _split_concat(ed: _Edit, cat: ir.Concat, names: set[str]) -> None:
     if not _splittable(ed, cat):
         if _merge_concat(ed, cat):
             return
-        if any(isinstance(ed.nodes[d], ir.Output) for s in ed.succs(cat.name) for a in ed.succs(s)
-               for d in ed.succs(a)):
+        if _feeds_readout(ed, cat):
             raise UnsupportedError(
                 f"{cat.where()} feeds the readout Gemm through a Flatten: its inputs must be "
                 f"activations read only by the Concat and fed by Conv2d layers (groups 1), to be "

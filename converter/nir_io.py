@@ -46,7 +46,7 @@ import numpy as np
 from spikeforge import fixedpoint, ir
 from spikeforge.conv import symmetric_padding
 from spikeforge.errors import SpikeforgeError, UnsupportedError
-from spikeforge.fileio import atomic_path
+from spikeforge.fileio import atomic_path, not_a_file
 
 if TYPE_CHECKING:
     import nir
@@ -110,7 +110,7 @@ def _read(source: "str | Path | nir.NIRGraph") -> tuple["nir.NIRGraph", str]:
         return source, "NIR graph"
     path = Path(source)
     if not path.is_file():
-        raise SpikeforgeError(f"{path}: {'a folder' if path.is_dir() else 'no such file'} (expected a NIR graph)")
+        raise SpikeforgeError(f"{path}: {not_a_file(path)} (expected a NIR graph)")
     return _read_isolated(path), str(path)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from spikeforge import ir
 from spikeforge.converter.fold import identity_synapse
 from spikeforge.errors import SpikeforgeError, UnsupportedError
+from spikeforge.fileio import not_a_file
 
 
 class OnnxImportError(SpikeforgeError):
@@ -517,7 +518,7 @@ def _read(path: Path) -> Any:
     import onnx
 
     if not path.is_file():
-        raise OnnxImportError(f"{path}: {'a folder' if path.is_dir() else 'no such file'} (expected an ONNX model)")
+        raise OnnxImportError(f"{path}: {not_a_file(path)} (expected an ONNX model)")
     try:
         model = onnx.load(str(path))  # external data (m.onnx.data) is read from the model's folder
         onnx.checker.check_model(model)

@@ -194,13 +194,16 @@ def _import_model(path: Path, dt: str | None = None) -> "ir.Graph":
     raise SpikeforgeError(f"{path}: expected a model file ending in .onnx, .sfg (an ANN graph) or .nir, found '{suffix or 'no suffix'}'")
 
 
+#: convert's options that shape an ANN's conversion, and their defaults (the parser's too).
+ANN_OPTIONS: dict[str, object] = {"reset": None, "neuron": "if", "target": "spikeforge",
+                                  "normalize": "percentile", "percentile": 99.9}
+
+
 def _refuse_ann_options(args: argparse.Namespace, model: Path, recorded: bool) -> None:
     """Options that shape an ANN's conversion cannot change a spiking source: refuse them by
     name rather than ignore them (a user asking for --reset subtract must not get reset to zero)."""
-    given = [f"--{name} {value}" for name, value, default in (
-        ("reset", args.reset, None), ("neuron", args.neuron, "if"), ("target", args.target, "spikeforge"),
-        ("normalize", args.normalize, "percentile"), ("percentile", args.percentile, 99.9))
-        if value != default]
+    given = [f"--{name} {getattr(args, name)}" for name, default in ANN_OPTIONS.items()
+             if getattr(args, name) != default]
     if given:
         what = ("holds the quantized graph spikeforge exported (recorded in its metadata)" if recorded
                 else "is a spiking network (its neurons and resets are as NIR states them)")
@@ -212,12 +215,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from spikeforge import graphio
     from spikeforge.converter.passes import convert, layer_reports
 
-    model = Path(args.model)
-    out = check_output(args.output, ".sfg")
+    model, out = Path(args.model), Path(args.output)
     if out.resolve() == model.resolve():
         raise SpikeforgeError(f"-o {out}: expected a new file, found the input model's name")
-    _new_output(out, ".sfg", args.force)
-    if args.percentile != 99.9 and args.normalize != "percentile":
+    out = _new_output(out, ".sfg", args.force)
+    if args.percentile != ANN_OPTIONS["percentile"] and args.normalize != "percentile":
         raise SpikeforgeError(f"--percentile {args.percentile}: applies to --normalize percentile, "
                               f"found --normalize {args.normalize}")
     ann = _import_model(model, args.dt)
@@ -225,11 +227,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         found = sorted({type(n).__name__ for n in ann.nodes} - {"Input", "Output"}) or ["no layers"]
         raise SpikeforgeError(f"{model}: nothing to convert: expected at least one dense or convolution "
                               f"layer (Gemm, MatMul, Conv), found {', '.join(found)}")
-    spiking_source = ann.is_fixed() or bool(ann.of_type(ir.IF, ir.LIF, ir.Stochastic))
+    quantized = ann.is_fixed()  # a NIR file spikeforge wrote: its recorded graph
+    spiking_source = quantized or bool(ann.of_type(ir.IF, ir.LIF, ir.Stochastic))
     if spiking_source:
-        _refuse_ann_options(args, model, ann.is_fixed())
+        _refuse_ann_options(args, model, quantized)
         calib_x = np.zeros((0, ann.inputs[0].out_size))
-        calib_note = "a spiking source: quantized directly" + ("; --calib not used" if args.calib else "")
+        calib_note = (("the quantized graph recorded in the file" if quantized else "a spiking source: quantized directly")
+                      + ("; --calib not used" if args.calib else ""))
     else:
         if args.calib is None:
             raise SpikeforgeError(f"--calib: required to normalize the ANN {model} (a .npz with x, or 'digits')")
@@ -239,9 +243,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
                       f"{f' {args.percentile}' if args.normalize == 'percentile' else ''}, "
                       f"calibration {len(calib_x)} samples")
     changes = None
-    if ann.is_fixed():  # a NIR file spikeforge wrote: its quantized graph, unchanged
+    if quantized:  # unchanged
         snn = ann.with_metadata(source=str(model))
-        calib_note = "the quantized graph recorded in the file" + ("; --calib not used" if args.calib else "")
     elif args.target == "netx":
         from spikeforge.converter.netx_io import convert_netx, netx_target_args
 
@@ -260,7 +263,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
         check = check_conversion(snn, ann, calib_x, args.check_timesteps, args.check_samples)
     # a quantized source (a NIR file spikeforge wrote) has no ANN: the file keeps the snn only
-    graphio.save(out, snn=snn, **({} if ann.is_fixed() else {"ann": ann}))
+    graphio.save(out, snn=snn, **({} if quantized else {"ann": ann}))
     if args.json:
         print(json.dumps({"output": str(out), "reset": resets[0] if len(resets) == 1 else resets,
                           "spiking_source": spiking_source, "target": args.target,
@@ -622,13 +625,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="ANN (ONNX or an ANN graph file) or spiking NIR graph -> quantized spiking graph file")
     c.add_argument("model")
     c.add_argument("--calib", help="calibration data (.npz with x and y, or 'digits'); required for ANNs")
-    c.add_argument("--reset", choices=("subtract", "zero"), default=None, help="default: subtract (netx: zero)")
-    c.add_argument("--target", choices=("spikeforge", "netx"), default="spikeforge",
+    c.add_argument("--reset", choices=("subtract", "zero"), default=ANN_OPTIONS["reset"], help="default: subtract (netx: zero)")
+    c.add_argument("--target", choices=("spikeforge", "netx"), default=ANN_OPTIONS["target"],
                    help="quantization rules: spikeforge's (per-projection weight exponents) or lava-dl "
                         "netx's (weight exponent 0, bias a multiple of 64, reset to zero)")
-    c.add_argument("--normalize", choices=("percentile", "max", "none"), default="percentile")
-    c.add_argument("--percentile", type=float, default=99.9)
-    c.add_argument("--neuron", choices=("if", "stochastic"), default="if",
+    c.add_argument("--normalize", choices=("percentile", "max", "none"), default=ANN_OPTIONS["normalize"])
+    c.add_argument("--percentile", type=float, default=ANN_OPTIONS["percentile"])
+    c.add_argument("--neuron", choices=("if", "stochastic"), default=ANN_OPTIONS["neuron"],
                    help="hidden neurons: integrate-and-fire, or stochastic (fire with probability clip(I, 0, 1))")
     c.add_argument("--seed", type=_seed, default=0, help="stochastic neurons' random streams")
     c.add_argument("--dt", default=None,

@@ -12,6 +12,11 @@ from typing import Iterator
 from spikeforge.errors import SpikeforgeError
 
 
+def not_a_file(path: Path) -> str:
+    """What an input path that is not a file is: 'a folder' or 'no such file' (for messages)."""
+    return "a folder" if path.is_dir() else "no such file"
+
+
 def check_output(path: str | os.PathLike[str], suffix: str | None = None) -> Path:
     """Refuse, in one line, an output path that cannot be written: missing folder, an existing
     folder as file name, or (with ``suffix``) the wrong file type."""

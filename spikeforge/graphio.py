@@ -33,7 +33,7 @@ from spikeforge import ir
 from spikeforge.archive import Archive, parse_npy
 from spikeforge.archive import short_message as short
 from spikeforge.errors import GraphError, SpikeforgeError
-from spikeforge.fileio import atomic_path
+from spikeforge.fileio import atomic_path, not_a_file
 
 FORMAT = "spikeforge-graph"
 VERSION = 2
@@ -344,7 +344,7 @@ def load_all(path: str | Path) -> dict[str, ir.Graph]:
     """Read every graph in a file. Raises GraphFileError with the file name on any problem."""
     path = Path(path)
     if not path.is_file():
-        raise GraphFileError(f"{path}: {'a folder' if path.is_dir() else 'no such file'} (expected a spikeforge graph file)")
+        raise GraphFileError(f"{path}: {not_a_file(path)} (expected a spikeforge graph file)")
     if not zipfile.is_zipfile(path):
         raise GraphFileError(f"{path}: not a spikeforge graph file (expected a zip archive written by 'spikeforge convert')")
     with Archive(path, GraphFileError) as zf:

@@ -78,8 +78,6 @@ def synaptic_ops(net: Network, spikes: dict[str, np.ndarray], payloads: np.ndarr
 def fan_out(proj: Projection, n_src: int) -> np.ndarray:
     """Nonzero synapses leaving each source neuron of a projection (n_src,) int64; a
     convolution counts its unrolled synapses (padding and stride included)."""
-    if proj.conv is None:
-        return np.count_nonzero(proj.weight, axis=0).astype(np.int64)
     pre, _, _ = proj.coo()
     return np.bincount(pre, minlength=n_src).astype(np.int64)
 

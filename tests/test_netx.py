@@ -141,8 +141,13 @@ def test_netx_conv_export_spike_identical_to_cpu(tmp_path):
     g, _ = convert_netx(ir.Graph(tuple(nodes), tuple(edges)), x)
     names = export_netx(g, tmp_path / "conv.net")
     assert names == ["relu1", "relu2", "readout"]
-    sim = simulate(g, "cpu", x[:4], 16)
-    netx = run_netx(tmp_path / "conv.net", names, payloads_for(g, x[:4], 16))
+    assert_netx_runs_as_cpu(g, tmp_path / "conv.net", names, x[:4])
+
+
+def assert_netx_runs_as_cpu(g: ir.Graph, path: Path, names: list[str], x: np.ndarray, steps: int = 16) -> None:
+    """The exported file in lava-dl netx: every layer fires, spike for spike as the cpu backend."""
+    sim = simulate(g, "cpu", x, steps)
+    netx = run_netx(path, names, payloads_for(g, x, steps))
     for name in names:
         assert sim.result.spikes[name].sum() > 0, name
         assert (sim.result.spikes[name] == netx[name]).all(), name
@@ -173,11 +178,7 @@ def test_netx_export_of_avgpool_folded_into_strided_conv(tmp_path):
     names = export_netx(g, tmp_path / "cnn.net")
     with h5py.File(tmp_path / "cnn.net") as f:
         assert list(f["layer/2/padding"][()]) == [2, 2]
-    sim = simulate(g, "cpu", x[:4], 16)
-    netx = run_netx(tmp_path / "cnn.net", names, payloads_for(g, x[:4], 16))
-    for name in names:
-        assert sim.result.spikes[name].sum() > 0, name
-        assert (sim.result.spikes[name] == netx[name]).all(), name
+    assert_netx_runs_as_cpu(g, tmp_path / "cnn.net", names, x[:4])
 
 
 def test_netx_export_refuses_padding_no_symmetric_one_matches(tmp_path):
